@@ -1,0 +1,3 @@
+from lightning_dyn.cli import main
+
+main()

@@ -1,0 +1,28 @@
+"""Argument checks that raise errors naming the argument, the value received and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+
+def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name}={value!r} is not supported; choose one of: {allowed}.")
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    """Raise ``ValueError`` unless ``value`` is an ``int`` (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+
+
+def check_fraction(name: str, value: Any, open_low: bool = False, open_high: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number in [0, 1] (ends optionally open)."""
+    low, high = ("(" if open_low else "["), (")" if open_high else "]")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > 0 if open_low else value >= 0) and (value < 1 if open_high else value <= 1)
+    if not ok:
+        raise ValueError(f"{name} must be a number in {low}0, 1{high}; got {value!r}.")

@@ -1,0 +1,102 @@
+"""``lightning-dyn``: train a bundled recipe from the hydra configs in ``lightning_dyn/configs``.
+
+Run ``lightning-dyn --help`` for the config groups and ``lightning-dyn --cfg job`` to print the
+composed config without training.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_dyn._progress import StepProgressBar
+from lightning_dyn.callbacks import ThresholdCrossing
+from lightning_dyn.loggers import wandb_logger
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """The recipe's callbacks, then the ``callbacks`` group's; a ``null`` entry switches one off."""
+    specs: dict[str, Any] = {}
+    for group in (cfg.recipe.get("callbacks"), cfg.get("callbacks")):
+        specs.update(OmegaConf.to_container(group) if group else {})
+    callbacks = [instantiate(spec) for spec in specs.values() if spec is not None]
+    if cfg.get("checkpoint_every_n_steps"):
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=Path(cfg.run_dir) / "checkpoints",
+                save_last=True,
+                save_top_k=0,
+                every_n_train_steps=cfg.checkpoint_every_n_steps,
+            )
+        )
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar(refresh_rate=cfg.get("progress_refresh_rate", 10)))
+    return callbacks
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Build everything from ``cfg``, fit, and return the summary shown at the end."""
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.recipe.datamodule, _convert_="all")
+    optimizer = instantiate(cfg.optimizer, _convert_="all")
+    module = instantiate(cfg.recipe.module, optimizer=optimizer, _convert_="all")
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    callbacks = build_callbacks(cfg)
+    enable_checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=logger, enable_checkpointing=enable_checkpointing
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    wall_time = time.perf_counter() - start
+    return summarize(cfg, trainer, wall_time)
+
+
+def summarize(cfg: DictConfig, trainer: pl.Trainer, wall_time: float) -> dict[str, Any]:
+    metrics = trainer.callback_metrics
+    summary: dict[str, Any] = {"steps": trainer.global_step}
+    for key in cfg.recipe.get("summary_metrics") or []:
+        summary[key] = float(metrics[key]) if key in metrics else None
+    for callback in trainer.callbacks:
+        if isinstance(callback, ThresholdCrossing):
+            passed = ">" if callback.mode == "max" else "<"
+            label = f"first step {callback.monitor} {passed} {callback.threshold:g}"
+            summary[label] = callback.crossed_at_step
+    summary["wall time"] = f"{wall_time:.1f} s"
+    summary["run dir"] = str(Path(cfg.run_dir).resolve())
+    wandb = wandb_logger(trainer)
+    if wandb is not None and trainer.is_global_zero:
+        summary["wandb run"] = str(Path(wandb.experiment.dir).parent)
+    return summary
+
+
+@rank_zero_only
+def print_summary(title: str, summary: dict[str, Any]) -> None:
+    width = max(len(k) for k in summary)
+    lines = [f"  {k:<{width}}  {_format(v)}" for k, v in summary.items()]
+    rule = "-" * max(len(line) for line in [title, *lines])
+    print("\n".join(["", rule, title, rule, *lines, rule]))
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "never"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lightning_dyn.configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    summary = train(cfg)
+    print_summary(f"lightning-dyn: recipe={cfg.recipe.name}", summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""``torch.optim.Optimizer``s and parameter-grouping helpers."""
+
+__all__: list[str] = []

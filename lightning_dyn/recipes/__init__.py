@@ -1,0 +1,19 @@
+"""Bundled LightningDataModule + LightningModule pairs, one file per task."""
+
+from lightning_dyn.recipes._losses import LOSSES
+from lightning_dyn.recipes.modular_arithmetic import (
+    ModularArithmeticDataModule,
+    ModularArithmeticModule,
+    ModularMLP,
+    ModularTransformer,
+    modular_arithmetic_table,
+)
+
+__all__ = [
+    "LOSSES",
+    "ModularArithmeticDataModule",
+    "ModularArithmeticModule",
+    "ModularMLP",
+    "ModularTransformer",
+    "modular_arithmetic_table",
+]

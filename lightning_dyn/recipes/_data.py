@@ -1,0 +1,46 @@
+"""Fast in-memory data plumbing shared by the recipes.
+
+Recipes keep their whole data set as tensors. Fetching a batch is one advanced-indexing call
+(``__getitems__``) instead of one ``__getitem__`` per example plus a stacking collate, which
+matters for full-batch training where the loader would otherwise dominate the step time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class TensorBatchDataset(Dataset):
+    """Tensors of equal first dimension, fetched a whole batch at a time."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
+            lengths = [len(t) for t in tensors]
+            raise ValueError(f"tensors must be non-empty with equal lengths; got {lengths}.")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[index] for t in self.tensors)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t[index] for t in self.tensors)
+
+
+def keep_batch(batch: Any) -> Any:
+    """Collate function for :class:`TensorBatchDataset`: the batch is already stacked."""
+    return batch
+
+
+def tensor_loader(
+    dataset: TensorBatchDataset, batch_size: int, sampler: Sampler[int] | None = None
+) -> DataLoader:
+    """A single-process ``DataLoader`` over ``dataset`` that fetches whole batches at once."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=keep_batch)

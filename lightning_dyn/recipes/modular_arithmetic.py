@@ -1,0 +1,267 @@
+"""Modular arithmetic, the grokking task: predict ``(a op b) mod p`` from ``(a, b)``.
+
+The reference setup follows "Grokking at the Edge of Numerical Stability" (arXiv 2501.04697):
+p = 113, 40% of all pairs for training, a bias-free 226-200-200-113 ReLU MLP on two concatenated
+one-hots, full-batch AdamW (lr 1e-2, betas (0.9, 0.99), eps 1e-25, no weight decay). Label
+corruption follows Doshi et al., "To grok or not to grok" (arXiv 2310.13061).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
+from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader
+from lightning_dyn.recipes._losses import resolve_loss
+
+OPERATIONS = ("add", "sub", "mul", "div")
+ARCHITECTURES = ("mlp", "transformer")
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % k for k in range(2, int(n**0.5) + 1))
+
+
+def modular_arithmetic_table(p: int, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pairs ``(a, b)`` and their labels ``(a op b) mod p``.
+
+    ``div`` is the field division ``a * b^(p-2) mod p`` over ``b != 0`` (Power et al.); the official
+    code of arXiv 2501.04697 uses ``(a // b) % p`` instead, which is not a group operation.
+
+    Returns:
+        ``pairs`` of shape (N, 2) and ``labels`` of shape (N,), both int64.
+    """
+    check_positive_int("p", p, minimum=2)
+    check_choice("op", op, OPERATIONS)
+    if op == "div" and not _is_prime(p):
+        raise ValueError(f"op='div' needs a prime modulus p so that b has an inverse; got p={p}.")
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    a, b = a.flatten(), b.flatten()
+    if op == "div":
+        a, b = a[b != 0], b[b != 0]
+        inverse = torch.tensor([pow(int(v), p - 2, p) for v in range(p)])
+        labels = (a * inverse[b]) % p
+    else:
+        labels = {"add": a + b, "sub": a - b, "mul": a * b}[op] % p
+    return torch.stack([a, b], dim=1), labels
+
+
+class ModularArithmeticDataModule(pl.LightningDataModule):
+    """``(a op b) mod p`` split into train and test by a fixed seed.
+
+    Args:
+        p: the modulus; also the number of classes.
+        op: one of ``add``, ``sub``, ``mul``, ``div``.
+        train_fraction: fraction of all pairs used for training, in (0, 1).
+        seed: seed of the train/test split and of the label corruption (not of training).
+        label_corruption: fraction of training examples whose label is replaced by a uniform
+            random label, fixed once (ξ of Doshi et al.). Test labels are never corrupted.
+        batch_size: ``None`` for full batch (one optimizer step per epoch), else the mini-batch
+            size. Under DDP each rank gets its shard of every batch.
+        eval_batch_size: batch size of the test pass.
+    """
+
+    def __init__(
+        self,
+        p: int = 113,
+        op: str = "add",
+        train_fraction: float = 0.4,
+        seed: int = 42,
+        label_corruption: float = 0.0,
+        batch_size: int | None = None,
+        eval_batch_size: int = 16384,
+    ) -> None:
+        super().__init__()
+        check_positive_int("p", p, minimum=2)
+        check_choice("op", op, OPERATIONS)
+        check_fraction("train_fraction", train_fraction, open_low=True, open_high=True)
+        check_fraction("label_corruption", label_corruption)
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
+        check_positive_int("eval_batch_size", eval_batch_size)
+        self.save_hyperparameters()
+        self.p, self.op, self.seed = p, op, seed
+        self.train_fraction, self.label_corruption = train_fraction, label_corruption
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.train_set: TensorBatchDataset | None = None
+        self.test_set: TensorBatchDataset | None = None
+        self.corrupted: torch.Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        pairs, labels = modular_arithmetic_table(self.p, self.op)
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(labels), generator=generator)
+        n_train = round(self.train_fraction * len(labels))
+        if not 0 < n_train < len(labels):
+            raise ValueError(
+                f"train_fraction={self.train_fraction} leaves an empty split of {len(labels)} "
+                "pairs; choose a value that keeps at least one pair on each side."
+            )
+        train_idx, test_idx = order[:n_train], order[n_train:]
+        train_labels = labels[train_idx].clone()
+        n_corrupt = round(self.label_corruption * n_train)
+        # A fixed subset gets uniform random labels; as in Doshi et al. a few may hit the true one.
+        self.corrupted = torch.zeros(n_train, dtype=torch.bool)
+        self.corrupted[torch.randperm(n_train, generator=generator)[:n_corrupt]] = True
+        train_labels[self.corrupted] = torch.randint(0, self.p, (n_corrupt,), generator=generator)
+        self.train_set = TensorBatchDataset(pairs[train_idx], train_labels)
+        self.test_set = TensorBatchDataset(pairs[test_idx], labels[test_idx])
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        batch_size = self.batch_size or len(self.train_set)
+        # A fresh permutation every epoch drawn from seed + epoch (Lightning calls set_epoch), so a
+        # resumed run sees the same batches as one that never stopped; under DDP each rank takes
+        # its shard, and the full batch is the whole training set across ranks.
+        world, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        )
+        sampler = DistributedSampler(
+            self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+        )
+        return tensor_loader(self.train_set, batch_size, sampler=sampler)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        assert self.test_set is not None, "call setup() first"
+        return tensor_loader(self.test_set, self.eval_batch_size)
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        return self.val_dataloader()
+
+
+class ModularMLP(nn.Module):
+    """MLP on two concatenated one-hots: (B, 2) int -> (B, 2p) -> hidden ReLU layers -> (B, p)."""
+
+    def __init__(self, p: int, hidden_sizes: Sequence[int] = (200, 200), bias: bool = False):
+        super().__init__()
+        self.p = p
+        sizes = [2 * p, *hidden_sizes, p]
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+            layers.append(nn.Linear(n_in, n_out, bias=bias))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        dtype = self.layers[0].weight.dtype
+        x = F.one_hot(pairs, self.p).to(dtype).flatten(1)  # (B, 2p)
+        return self.layers(x)
+
+
+class ModularTransformer(nn.Module):
+    """One post-LN ``nn.TransformerEncoderLayer`` (torch defaults) over the tokens ``[a, b]``.
+
+    Reads the logits at the last position. Unlike the official code this adds a learned position
+    embedding, without which the model could not tell ``a - b`` from ``b - a``.
+    """
+
+    def __init__(self, p: int, d_model: int = 128, num_heads: int = 4, num_layers: int = 1):
+        super().__init__()
+        self.token_embedding = nn.Embedding(p, d_model)
+        self.position_embedding = nn.Parameter(torch.zeros(2, d_model))
+        layer = nn.TransformerEncoderLayer(d_model, num_heads, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.unembed = nn.Linear(d_model, p)
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        h = self.token_embedding(pairs) + self.position_embedding  # (B, 2, d)
+        return self.unembed(self.encoder(h)[:, -1])  # (B, p)
+
+
+def _default_optimizer() -> OptimizerFactory:
+    return functools.partial(
+        torch.optim.AdamW, lr=1e-2, betas=(0.9, 0.99), eps=1e-25, weight_decay=0.0
+    )
+
+
+class ModularArithmeticModule(pl.LightningModule):
+    """Classifier for ``(a op b) mod p``; logs ``train/{loss,acc}`` every step, ``test/{loss,acc}``
+    every validation pass.
+
+    Args:
+        p: the modulus (number of classes); must match the data module.
+        arch: ``mlp`` or ``transformer``.
+        hidden_sizes: MLP hidden widths.
+        bias: whether the MLP layers have biases (the reference setup has none).
+        d_model: transformer width.
+        num_heads: transformer attention heads.
+        loss: name of the classification loss, one of ``LOSSES``.
+        optimizer: a factory ``params -> Optimizer`` (e.g. ``functools.partial(AdamW, lr=...)``
+            or a hydra ``_partial_`` config); defaults to the reference AdamW.
+    """
+
+    def __init__(
+        self,
+        p: int = 113,
+        arch: str = "mlp",
+        hidden_sizes: Sequence[int] = (200, 200),
+        bias: bool = False,
+        d_model: int = 128,
+        num_heads: int = 4,
+        loss: str = "softmax",
+        optimizer: OptimizerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive_int("p", p, minimum=2)
+        check_choice("arch", arch, ARCHITECTURES)
+        self.loss_fn = resolve_loss(loss)
+        self.save_hyperparameters(ignore=["optimizer"])
+        if arch == "mlp":
+            for width in hidden_sizes:
+                check_positive_int("hidden_sizes[i]", width)
+            self.model: nn.Module = ModularMLP(p, hidden_sizes, bias)
+        else:
+            self.model = ModularTransformer(p, d_model, num_heads)
+        self.optimizer_factory = optimizer or _default_optimizer()
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        return self.model(pairs)
+
+    def _loss_and_accuracy(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pairs, labels = batch
+        logits = self(pairs)
+        loss = self.loss_fn(logits, labels)
+        accuracy = (logits.argmax(-1) == labels).float().mean()
+        return logits, loss, accuracy
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        _, loss, accuracy = self._loss_and_accuracy(batch)
+        n = len(batch[1])
+        self.log("train/loss", loss, batch_size=n, sync_dist=True, prog_bar=True)
+        self.log("train/acc", accuracy, batch_size=n, sync_dist=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        _, loss, accuracy = self._loss_and_accuracy(batch)
+        n = len(batch[1])
+        self.log("test/loss", loss, batch_size=n, sync_dist=True)
+        self.log("test/acc", accuracy, batch_size=n, sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+
+__all__ = [
+    "ModularArithmeticDataModule",
+    "ModularArithmeticModule",
+    "ModularMLP",
+    "ModularTransformer",
+    "modular_arithmetic_table",
+]
