@@ -1,0 +1,172 @@
+"""The registry of every exported callback and optimizer, and the helpers that train them.
+
+Each :class:`Entry` pairs one export of ``lightning_dyn.callbacks`` / ``lightning_dyn.optim``
+with a tiny grokking model and the settings it needs. ``test_registry.py`` trains every entry in
+a real ``Trainer``, fits it twice, resumes it from a checkpoint and runs it under 2-process
+``ddp_spawn``; an export without an entry fails the suite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+
+import lightning_dyn
+from lightning_dyn.recipes import ModularArithmeticDataModule, ModularArithmeticModule
+
+# p=12: 144 pairs split 72/72, even sizes so that 2-rank DDP needs no padding and a full-batch
+# step on 2 ranks averages to exactly the 1-rank gradient.
+TINY_DATA = {"p": 12, "train_fraction": 0.5, "seed": 0}
+TINY_MODULE = {"p": 12, "hidden_sizes": (16, 16)}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One exported callback or optimizer and how to exercise it.
+
+    Args:
+        name: the exported name (``lightning_dyn.callbacks.__all__`` or ``optim.__all__``).
+        make_callback: builds a fresh callback instance.
+        make_optimizer: builds an optimizer factory ``params -> Optimizer`` for the module.
+        module: overrides of the tiny ``ModularArithmeticModule`` arguments.
+        data: overrides of the tiny ``ModularArithmeticDataModule`` arguments.
+        trainer: extra ``Trainer`` arguments (precision, accumulation ...).
+        expect_logged: metric keys (prefixes) the entry must log within ``steps`` steps.
+        steps: optimizer steps of the short runs; resume runs take ``2 * steps``.
+    """
+
+    name: str
+    make_callback: Callable[[], pl.Callback] | None = None
+    make_optimizer: Callable[[], Callable] | None = None
+    module: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
+    trainer: Mapping[str, Any] = field(default_factory=dict)
+    expect_logged: tuple[str, ...] = ()
+    steps: int = 6
+
+    def build(self) -> tuple[ModularArithmeticModule, ModularArithmeticDataModule, list]:
+        """A fresh model, data module and callback list, seeded identically every call."""
+        pl.seed_everything(1234, verbose=False)
+        optimizer = self.make_optimizer() if self.make_optimizer else None
+        module = ModularArithmeticModule(**{**TINY_MODULE, **self.module}, optimizer=optimizer)
+        data = ModularArithmeticDataModule(**{**TINY_DATA, **self.data})
+        callbacks = [self.make_callback()] if self.make_callback else []
+        return module, data, callbacks
+
+
+REGISTRY: list[Entry] = [
+    Entry(
+        name="ThresholdCrossing",
+        # Train accuracy passes 0.2 at step 4, before the checkpoint at step 6 and stays above:
+        # a resumed run reports step 4 only if the checkpoint restored it.
+        make_callback=lambda: lightning_dyn.callbacks.ThresholdCrossing("train/acc", 0.2),
+        expect_logged=("threshold_crossing/train/acc",),
+        steps=6,
+    ),
+]
+
+
+def exported_names() -> set[str]:
+    """Every public callback and optimizer class the package exports."""
+    return set(lightning_dyn.callbacks.__all__) | set(lightning_dyn.optim.__all__)
+
+
+class RecordingLogger(Logger):
+    """Keeps every ``log_metrics`` call in memory (rank 0 only, like every Lightning logger)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.records.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def keys(self) -> set[str]:
+        return {key for _, metrics in self.records for key in metrics}
+
+
+def make_trainer(entry: Entry, max_steps: int, root: Path, **kwargs: Any) -> pl.Trainer:
+    """A quiet CPU trainer with a :class:`RecordingLogger`, validating every step."""
+    options: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": max_steps,
+        "max_epochs": -1,
+        "logger": RecordingLogger(),
+        "log_every_n_steps": 1,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(root),
+        **entry.trainer,
+        **kwargs,
+    }
+    callbacks = options.get("callbacks", [])
+    options["enable_checkpointing"] = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    return pl.Trainer(**options)
+
+
+def checkpoint_every(n_steps: int, dirpath: Path) -> ModelCheckpoint:
+    """Saves ``step=<n>.ckpt`` every ``n_steps`` optimizer steps, keeping all."""
+    return ModelCheckpoint(
+        dirpath=dirpath, filename="{step}", every_n_train_steps=n_steps, save_top_k=-1
+    )
+
+
+def parameters_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def callback_states(trainer: pl.Trainer) -> dict[str, Any]:
+    """``state_dict()`` of every callback that is not Lightning's own."""
+    return {
+        type(c).__name__: c.state_dict()
+        for c in trainer.callbacks
+        if type(c).__module__.startswith("lightning_dyn")
+    }
+
+
+def assert_same(actual: Any, expected: Any, path: str = "", rtol: float = 0.0) -> None:
+    """Equality of nested dicts/lists/tensors/numbers, with the path of the first miss.
+
+    Exact by default; ``rtol > 0`` compares floats and floating tensors to that relative
+    tolerance (integers, bools and strings stay exact).
+    """
+    if isinstance(expected, Mapping):
+        assert isinstance(actual, Mapping) and set(actual) == set(expected), path
+        for key in expected:
+            assert_same(actual[key], expected[key], f"{path}/{key}", rtol)
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), path
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_same(a, e, f"{path}[{i}]", rtol)
+    elif isinstance(expected, torch.Tensor):
+        if rtol and expected.is_floating_point():
+            torch.testing.assert_close(actual, expected, rtol=rtol, atol=0.0, msg=path)
+        else:
+            assert torch.equal(actual, expected), f"{path}: {actual} != {expected}"
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert math.isnan(actual), path
+    elif isinstance(expected, float) and rtol:
+        assert math.isclose(actual, expected, rel_tol=rtol), f"{path}: {actual} != {expected}"
+    else:
+        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
