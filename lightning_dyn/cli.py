@@ -6,7 +6,11 @@ composed config without training.
 
 from __future__ import annotations
 
+import itertools
+import re
+import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +96,49 @@ def _format(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _group_options(group: str, config_dirs: list[str]) -> set[str]:
+    packaged = files("lightning_dyn.configs") / group
+    names = {f.name for f in packaged.iterdir()} if packaged.is_dir() else set()
+    for directory in config_dirs:
+        folder = Path(directory) / group
+        names |= {f.name for f in folder.iterdir()} if folder.is_dir() else set()
+    return {n.removesuffix(".yaml") for n in names if n.endswith(".yaml")}
+
+
+def check_list_overrides(argv: list[str]) -> str | None:
+    """An error for unknown names in a list override such as ``callbacks=[a,b]``, else None.
+
+    Hydra lists the valid options for ``group=name`` but not for ``group=[a,b]``.
+    """
+    config_dirs = [v for k, v in itertools.pairwise(argv) if k in ("--config-dir", "-cd")]
+    config_dirs += [a.split("=", 1)[1] for a in argv if a.startswith("--config-dir=")]
+    for arg in argv:
+        match = re.fullmatch(r"\+{0,2}(\w+)=\[(.*)\]", arg)
+        if not match:
+            continue
+        group, names = match[1], [n.strip() for n in match[2].split(",") if n.strip()]
+        options = _group_options(group, config_dirs)
+        unknown = [n for n in names if n not in options]
+        if options and unknown:
+            listing = "".join(f"\n\t{o}" for o in sorted(options))
+            return (
+                f"Could not find {unknown} in '{group}'.\nAvailable options in '{group}':{listing}"
+            )
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lightning_dyn.configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     summary = train(cfg)
     print_summary(f"lightning-dyn: recipe={cfg.recipe.name}", summary)
+
+
+def main() -> None:
+    """Console entry point: ``lightning-dyn [hydra overrides]``."""
+    error = check_list_overrides(sys.argv[1:])
+    if error:
+        sys.exit(error)
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""The ``lightning-dyn`` command: runs, resumes, rejects bad names with the valid choices."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _run(tmp_path: Path, *overrides: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m lightning_dyn`` in a clean directory, as a user would call it."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_dyn", *overrides],
+        cwd=cwd or tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _steps_logged(run_dir: Path) -> list[int]:
+    (metrics,) = run_dir.glob("csv/version_*/metrics.csv")
+    with metrics.open() as f:
+        return sorted({int(row["step"]) for row in csv.DictReader(f) if row["train/loss"]})
+
+
+def test_smoke_run_prints_its_summary_and_keeps_a_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = _run(tmp_path, "experiment=smoke", "logger=csv", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "lightning-dyn: recipe=grokking" in done.stdout
+    assert "first step test/acc > 0.99" in done.stdout
+    assert f"run dir {run_dir}" in " ".join(done.stdout.split())
+    assert _steps_logged(run_dir) == list(range(20))
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+    resumed = _run(
+        tmp_path,
+        "experiment=smoke",
+        "logger=csv",
+        "trainer.max_steps=30",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'resumed'}",
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _steps_logged(tmp_path / "resumed") == list(range(20, 30))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("recipe=nope", "Available options in 'recipe':\n\tgrokking"),
+        ("callbacks=[nope]", "Available options in 'callbacks':\n\tlr_monitor"),
+        ("callbacks=[lr_monitor,nope]", "Could not find ['nope'] in 'callbacks'"),
+        ("logger=nope", "Available options in 'logger':\n\tcsv\n\twandb"),
+        ("recipe.datamodule.op=pow", "op='pow' is not supported; choose one of: 'add'"),
+        ("loss=focal", "loss='focal' is not supported; choose one of: 'softmax'"),
+    ],
+)
+def test_bad_names_fail_fast_listing_the_valid_choices(tmp_path, override, expected) -> None:
+    done = _run(tmp_path, "experiment=smoke", "logger=csv", override)
+    assert done.returncode != 0
+    assert expected in done.stderr, done.stderr[-3000:]
+
+
+def test_a_user_config_dir_adds_recipes(tmp_path: Path) -> None:
+    recipes = tmp_path / "my_configs" / "recipe"
+    recipes.mkdir(parents=True)
+    (recipes / "tiny_sub.yaml").write_text(
+        "defaults:\n  - grokking\n  - _self_\nname: tiny_sub\n"
+        "datamodule:\n  p: 11\n  op: sub\nmodule:\n  hidden_sizes: [8]\n"
+    )
+    done = _run(
+        tmp_path,
+        "--config-dir",
+        str(tmp_path / "my_configs"),
+        "recipe=tiny_sub",
+        "logger=csv",
+        "trainer.max_steps=3",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "recipe=tiny_sub" in done.stdout
