@@ -72,7 +72,8 @@ def test_resumes_from_a_checkpoint_to_identical_numbers(entry: Entry, tmp_path: 
     # A new process would start from a different random init: the checkpoint must restore it all.
     module, data, callbacks = entry.build()
     torch.nn.init.normal_(next(module.parameters()))
-    resumed = make_trainer(entry, 2 * entry.steps, tmp_path, callbacks=callbacks)
+    saver = checkpoint_every(entry.steps, tmp_path / "ckpt_resumed")
+    resumed = make_trainer(entry, 2 * entry.steps, tmp_path, callbacks=[*callbacks, saver])
     ckpt = tmp_path / "ckpt" / f"step={entry.steps}.ckpt"
     resumed.fit(module, datamodule=data, ckpt_path=ckpt)
 
