@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,14 @@ def test_a_user_config_dir_adds_recipes(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "recipe=tiny_sub" in done.stdout
+
+
+@pytest.mark.ddp
+def test_two_process_ddp_from_the_command_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = _run(
+        tmp_path, "experiment=smoke", "logger=csv", "trainer=ddp_cpu", f"hydra.run.dir={run_dir}"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^\s*steps\s+20$", done.stdout, re.MULTILINE)
+    assert _steps_logged(run_dir) == list(range(20))
