@@ -18,8 +18,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins import MixedPrecision
 
 import lightning_dyn
+from lightning_dyn.callbacks import PerpGrad, SoftmaxCollapseMonitor
 from lightning_dyn.recipes import ModularArithmeticDataModule, ModularArithmeticModule
 
 # p=12: 144 pairs split 72/72, even sizes so that 2-rank DDP needs no padding and a full-batch
@@ -41,6 +43,10 @@ class Entry:
         trainer: extra ``Trainer`` arguments (precision, accumulation ...).
         expect_logged: metric keys (prefixes) the entry must log within ``steps`` steps.
         steps: optimizer steps of the short runs; resume runs take ``2 * steps``.
+        variant: names a second entry for the same export (e.g. another precision).
+        ddp_matches_single: whether 2-rank DDP must reproduce the 1-process run. True for full
+            batch (two equal halves average to the full gradient); mini-batches differ.
+        ddp_atol: absolute tolerance of that comparison (float summation order differs).
     """
 
     name: str
@@ -51,6 +57,13 @@ class Entry:
     trainer: Mapping[str, Any] = field(default_factory=dict)
     expect_logged: tuple[str, ...] = ()
     steps: int = 6
+    variant: str = ""
+    ddp_matches_single: bool = True
+    ddp_atol: float = 1e-5
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-{self.variant}" if self.variant else self.name
 
     def build(self) -> tuple[ModularArithmeticModule, ModularArithmeticDataModule, list]:
         """A fresh model, data module and callback list, seeded identically every call."""
@@ -70,6 +83,40 @@ REGISTRY: list[Entry] = [
         make_callback=lambda: lightning_dyn.callbacks.ThresholdCrossing("train/acc", 0.2),
         expect_logged=("threshold_crossing/train/acc",),
         steps=6,
+    ),
+    Entry(name="PerpGrad", make_callback=PerpGrad, expect_logged=("perp_grad/cos_w_g/",)),
+    Entry(
+        name="PerpGrad",
+        variant="global-accumulate",
+        make_callback=lambda: PerpGrad(mode="global", rescale=False),
+        data={"batch_size": 18},  # 4 micro-batches, 2 per step: 2 steps per epoch
+        trainer={"accumulate_grad_batches": 2},
+        expect_logged=("perp_grad/cos_w_g/",),
+        ddp_matches_single=False,
+    ),
+    Entry(
+        name="PerpGrad",
+        variant="16-mixed-gradscaler",
+        make_callback=PerpGrad,
+        # On CPU, precision="16-mixed" means bf16 without a scaler; this is the real scaler path.
+        trainer={
+            "plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]
+        },
+        expect_logged=("perp_grad/cos_w_g/",),
+        # fp16 activations of a half batch round differently from the full batch, and AdamW's
+        # eps=1e-25 turns tiny gradient differences into whole steps of size lr.
+        ddp_atol=5e-3,
+    ),
+    Entry(
+        name="SoftmaxCollapseMonitor",
+        make_callback=lambda: SoftmaxCollapseMonitor(every_n_steps=2),
+        expect_logged=(
+            "softmax_collapse/sc_fraction",
+            "softmax_collapse/zero_loss_fraction",
+            "softmax_collapse/max_logit",
+            "softmax_collapse/weight_norm/model.layers.0.weight",
+            "softmax_collapse/cos_w_g/model.layers.4.weight",
+        ),
     ),
 ]
 

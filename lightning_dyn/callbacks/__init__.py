@@ -1,5 +1,7 @@
 """Lightning callbacks: thin adapters that decide when to call ``lightning_dyn.functional``."""
 
+from lightning_dyn.callbacks.perp_grad import PerpGrad
+from lightning_dyn.callbacks.softmax_collapse import SoftmaxCollapseMonitor
 from lightning_dyn.callbacks.threshold_crossing import ThresholdCrossing
 
-__all__ = ["ThresholdCrossing"]
+__all__ = ["PerpGrad", "SoftmaxCollapseMonitor", "ThresholdCrossing"]

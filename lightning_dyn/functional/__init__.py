@@ -1,5 +1,9 @@
 """Pure torch maths: no Lightning, no logging, no state."""
 
+from lightning_dyn.functional.classification_losses import (
+    CLASSIFICATION_LOSSES,
+    classification_loss,
+)
 from lightning_dyn.functional.perp_grad import nlm_cosine, nlm_cosines, perp_grad_
 from lightning_dyn.functional.softmax_collapse import (
     softmax_collapse_fraction,
@@ -13,6 +17,8 @@ from lightning_dyn.functional.stablemax import (
 )
 
 __all__ = [
+    "CLASSIFICATION_LOSSES",
+    "classification_loss",
     "log_stablemax",
     "nlm_cosine",
     "nlm_cosines",

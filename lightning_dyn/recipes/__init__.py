@@ -1,6 +1,5 @@
 """Bundled LightningDataModule + LightningModule pairs, one file per task."""
 
-from lightning_dyn.recipes._losses import LOSSES
 from lightning_dyn.recipes.modular_arithmetic import (
     ModularArithmeticDataModule,
     ModularArithmeticModule,
@@ -10,7 +9,6 @@ from lightning_dyn.recipes.modular_arithmetic import (
 )
 
 __all__ = [
-    "LOSSES",
     "ModularArithmeticDataModule",
     "ModularArithmeticModule",
     "ModularMLP",

@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
+from lightning_dyn.functional.classification_losses import classification_loss
 from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader
-from lightning_dyn.recipes._losses import resolve_loss
 
 OPERATIONS = ("add", "sub", "mul", "div")
 ARCHITECTURES = ("mlp", "transformer")
@@ -200,7 +200,7 @@ class ModularArithmeticModule(pl.LightningModule):
         bias: whether the MLP layers have biases (the reference setup has none).
         d_model: transformer width.
         num_heads: transformer attention heads.
-        loss: name of the classification loss, one of ``LOSSES``.
+        loss: ``softmax`` (cross-entropy) or ``stablemax`` (StableMax cross-entropy in float64).
         optimizer: a factory ``params -> Optimizer`` (e.g. ``functools.partial(AdamW, lr=...)``
             or a hydra ``_partial_`` config); defaults to the reference AdamW.
     """
@@ -219,7 +219,7 @@ class ModularArithmeticModule(pl.LightningModule):
         super().__init__()
         check_positive_int("p", p, minimum=2)
         check_choice("arch", arch, ARCHITECTURES)
-        self.loss_fn = resolve_loss(loss)
+        self.loss_fn = classification_loss(loss)
         self.save_hyperparameters(ignore=["optimizer"])
         if arch == "mlp":
             for width in hidden_sizes:

@@ -1,0 +1,154 @@
+"""⊥Grad (perpGrad) as a callback: gradients projected orthogonally to the weights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn.functional.perp_grad import (
+    DEFAULT_EPS,
+    PERP_GRAD_MODES,
+    nlm_cosines,
+    perp_grad_,
+)
+
+ParamFilter = Callable[[str, nn.Parameter], bool]
+
+# Optimizers whose weight decay is added to the gradient inside ``step``, i.e. after the
+# projection, where it puts the radial component back.
+_COUPLED_DECAY = (torch.optim.SGD, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adam)
+
+
+class PerpGrad(pl.Callback):
+    """⊥Grad of arXiv 2501.04697: keep only the gradient component orthogonal to the weights.
+
+    Runs in ``on_before_optimizer_step``: after the closure (so after every micro-batch of
+    gradient accumulation), after AMP unscaling and, under DDP, after the gradient all-reduce;
+    before gradient clipping and ``optimizer.step``. This is why it works where the official
+    ``OrthoGrad`` wrapper does not under Lightning: a wrapper that projects in its ``step`` and
+    then calls ``base.step(closure)`` lets the closure recompute the raw gradient.
+
+    At every logging step (``log_every_n_steps``, default the trainer's) it logs the
+    pre-projection NLM alignment cos(W, -∇L) of every projected tensor as
+    ``perp_grad/cos_w_g/<parameter name>``.
+
+    Args:
+        mode: ``"per_tensor"`` (official code: each tensor against its own weights) or
+            ``"global"`` (paper Eq. 12: one projection over all parameters of the optimizer).
+        rescale: rescale the projected gradient to the original norm (official code); the
+            paper's Eq. 12 does not.
+        param_filter: ``(name, parameter) -> bool`` selecting the tensors to project, e.g.
+            ``lambda name, p: p.ndim > 1`` to leave biases and norm scales alone. Default: all.
+        log_every_n_steps: logging interval in optimizer steps, a multiple of the Trainer's
+            ``log_every_n_steps`` (which it defaults to).
+        eps: guard against zero norms, as :func:`lightning_dyn.functional.perp_grad_`.
+    """
+
+    def __init__(
+        self,
+        mode: str = "per_tensor",
+        rescale: bool = True,
+        param_filter: ParamFilter | None = None,
+        log_every_n_steps: int | None = None,
+        eps: float = DEFAULT_EPS,
+    ) -> None:
+        check_choice("mode", mode, PERP_GRAD_MODES)
+        if log_every_n_steps is not None:
+            check_positive_int("log_every_n_steps", log_every_n_steps)
+        if not eps >= 0:
+            raise ValueError(f"eps must be a number >= 0; got {eps!r}.")
+        self.mode, self.rescale, self.eps = mode, bool(rescale), eps
+        self.param_filter = param_filter
+        self.log_every_n_steps = log_every_n_steps
+        self._names: dict[int, str] = {}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.mode, rescale=self.rescale)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._names = {id(p): name for name, p in pl_module.named_parameters()}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        for optimizer in trainer.optimizers:
+            if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+                raise ValueError(
+                    f"PerpGrad cannot be used with {type(optimizer).__name__} and a GradScaler: "
+                    "the optimizer unscales gradients inside its own step (a 'fused' "
+                    "optimizer), so in on_before_optimizer_step they are still multiplied by "
+                    "the loss scale and may hold infs that the projection would turn into "
+                    "NaNs. Build the optimizer with fused=False."
+                )
+            self._warn_on_coupled_weight_decay(optimizer)
+        own, every = self.log_every_n_steps, trainer.log_every_n_steps
+        if own is not None and every > 0 and own % every:
+            rank_zero_warn(
+                f"PerpGrad(log_every_n_steps={own}) is not a multiple of the Trainer's "
+                f"log_every_n_steps={every}: Lightning only sends step metrics to the loggers "
+                "every Trainer interval, so some cosines will not be recorded."
+            )
+
+    @staticmethod
+    def _warn_on_coupled_weight_decay(optimizer: torch.optim.Optimizer) -> None:
+        if not isinstance(optimizer, _COUPLED_DECAY):
+            return
+        for group in optimizer.param_groups:
+            if group.get("weight_decay", 0) and not group.get("decoupled_weight_decay", False):
+                rank_zero_warn(
+                    f"PerpGrad: {type(optimizer).__name__} adds weight_decay="
+                    f"{group['weight_decay']} to the gradient inside step(), after the "
+                    "projection, which puts back a component along the weights. Use a "
+                    "decoupled decay (AdamW) or weight_decay=0, as the paper's ⊥ runs do."
+                )
+                return
+
+    def _selected(self, optimizer: torch.optim.Optimizer) -> list[tuple[str, nn.Parameter]]:
+        selected = []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                name = self._names.get(id(p), f"param_{len(selected)}")
+                if self.param_filter is None or self.param_filter(name, p):
+                    selected.append((name, p))
+        return selected
+
+    def _should_log(self, trainer: pl.Trainer) -> bool:
+        # Lightning flushes step metrics to the loggers after optimizer step g when
+        # (g + 1) % log_every_n_steps == 0; g is trainer.global_step here, before the step.
+        interval = self.log_every_n_steps or trainer.log_every_n_steps
+        return trainer.logger is not None and (trainer.global_step + 1) % max(interval, 1) == 0
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        selected = self._selected(optimizer)
+        if not selected:
+            return
+        params = [p for _, p in selected]
+        if self._should_log(trainer):
+            # Gradients are already averaged over ranks and parameters are identical, so every
+            # rank computes the same cosines: no sync needed.
+            cosines = nlm_cosines(params).tolist()
+            for (name, _), cosine in zip(selected, cosines, strict=True):
+                pl_module.log(f"perp_grad/cos_w_g/{name}", cosine, on_step=True, on_epoch=False)
+        perp_grad_(params, mode=self.mode, rescale=self.rescale, eps=self.eps)
+
+    def state_dict(self) -> dict[str, Any]:
+        # No state beyond the settings; saved (non-empty) so a resume can check them.
+        return {"mode": self.mode, "rescale": self.rescale}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = (state_dict.get("mode"), state_dict.get("rescale"))
+        if saved != (self.mode, self.rescale):
+            rank_zero_warn(
+                f"PerpGrad resumes with mode={self.mode!r}, rescale={self.rescale} but the "
+                f"checkpoint was made with mode={saved[0]!r}, rescale={saved[1]}."
+            )

@@ -1,0 +1,161 @@
+"""Softmax Collapse and naive-loss-minimisation diagnostics on a fixed probe of the training set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn.functional.classification_losses import classification_loss
+from lightning_dyn.functional.perp_grad import nlm_cosines
+from lightning_dyn.functional.softmax_collapse import (
+    COLLAPSE_LOSSES,
+    softmax_collapse_fraction,
+    zero_loss_fraction,
+)
+
+LogitsFn = Callable[[pl.LightningModule, Any], tuple[Tensor, Tensor]]
+
+
+def forward_first_input(pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor, Tensor]:
+    """Default ``logits_fn``: a batch ``(inputs, targets)`` and ``pl_module(inputs) -> logits``."""
+    inputs, targets = batch[0], batch[1]
+    return pl_module(inputs), targets
+
+
+class SoftmaxCollapseMonitor(pl.Callback):
+    """Logs how close training is to Softmax Collapse (SC), arXiv 2501.04697 Sec. 3-4.
+
+    Runs in ``on_train_batch_end`` every ``every_n_steps`` optimizer steps, on a fixed probe: the
+    first ``probe_size`` examples of the training set by index (each DDP rank takes every
+    ``world_size``-th of them and the counts are summed over ranks), in eval mode without
+    changing any ``.grad``; train mode is restored afterwards. Logs, under ``softmax_collapse/``:
+
+    - ``sc_fraction``: fraction of probe examples whose ``sum_k exp(z_k - max z) == 1`` exactly in
+      ``dtype`` (paper Def. 3): their correct-class gradient is exactly zero;
+    - ``zero_loss_fraction``: fraction whose per-example loss is exactly 0 in ``dtype``;
+    - ``max_logit``: the largest logit on the probe;
+    - ``weight_norm/<name>`` and ``cos_w_g/<name>``: per weight tensor (``ndim >= 2``), the norm
+      and the NLM alignment cos(W, -∇L) of the probe loss (paper Fig. 5).
+
+    The probe is rebuilt from the dataset after a resume, so the logged numbers continue exactly.
+
+    Args:
+        every_n_steps: measure after every this many optimizer steps.
+        probe_size: how many training examples to measure on (all if fewer).
+        dtype: dtype of the collapse test and of the loss; ``None`` uses the logits' dtype,
+            which is what a softmax loss computed on the logits sees.
+        loss: ``"softmax"`` or ``"stablemax"``: the loss whose zero values and gradient are
+            measured (StableMax losses are computed in float64 unless ``dtype`` says otherwise).
+        logits_fn: ``(pl_module, batch) -> (logits, targets)`` for modules whose batches are not
+            ``(inputs, targets)`` with ``pl_module(inputs)`` returning logits.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 10,
+        probe_size: int = 8192,
+        dtype: torch.dtype | None = None,
+        loss: str = "softmax",
+        logits_fn: LogitsFn | None = None,
+    ) -> None:
+        check_positive_int("every_n_steps", every_n_steps)
+        check_positive_int("probe_size", probe_size)
+        check_choice("loss", loss, COLLAPSE_LOSSES)
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype or None; got {dtype}.")
+        self.every_n_steps, self.probe_size, self.dtype, self.loss = (
+            every_n_steps,
+            probe_size,
+            dtype,
+            loss,
+        )
+        self.logits_fn = logits_fn or forward_first_input
+        self._probe: Any = None
+        self._last_step = -1
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_steps=self.every_n_steps, loss=self.loss)
+
+    def _build_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        loader = trainer.train_dataloader
+        if loader is None or not hasattr(loader, "dataset"):
+            raise ValueError(
+                "SoftmaxCollapseMonitor needs a map-style training DataLoader to draw its probe "
+                f"from; got {type(loader).__name__}."
+            )
+        dataset = loader.dataset
+        size = min(self.probe_size, len(dataset))
+        indices = list(range(trainer.global_rank, size, trainer.world_size))
+        if hasattr(dataset, "__getitems__"):
+            batch = loader.collate_fn(dataset.__getitems__(indices))
+        else:
+            batch = loader.collate_fn([dataset[i] for i in indices])
+        return trainer.strategy.batch_to_device(batch)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        step = trainer.global_step
+        if step == self._last_step or step % self.every_n_steps:
+            return  # a micro-batch of an accumulating step, or not a measuring step
+        self._last_step = step
+        if self._probe is None:
+            self._probe = self._build_probe(trainer, pl_module)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            metrics = self._measure(trainer, pl_module)
+        finally:
+            pl_module.train(was_training)
+        for key, value in metrics.items():
+            pl_module.log(f"softmax_collapse/{key}", value, on_step=True, on_epoch=False)
+
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        weights = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        weights = [(n, p) for n, p in weights if p.ndim >= 2]
+        with torch.enable_grad():
+            logits, targets = self.logits_fn(pl_module, self._probe)
+            loss_fn = classification_loss(self.loss)
+            loss = loss_fn(logits.to(self.dtype) if self.dtype else logits, targets)
+            grads = torch.autograd.grad(loss, [p for _, p in weights], allow_unused=True)
+        logits = logits.detach()
+        n = torch.tensor(float(len(targets)), device=logits.device)
+        sums = torch.stack(
+            [
+                softmax_collapse_fraction(logits, dtype=self.dtype).to(n) * n,
+                zero_loss_fraction(logits, targets, loss=self.loss, dtype=self.dtype).to(n) * n,
+                n,
+            ]
+        )
+        sums = trainer.strategy.reduce(sums, reduce_op="sum")
+        max_logit = trainer.strategy.reduce(logits.max().float(), reduce_op="max")
+        metrics = {
+            "sc_fraction": float(sums[0] / sums[2]),
+            "zero_loss_fraction": float(sums[1] / sums[2]),
+            "max_logit": float(max_logit),
+        }
+        measured = [(n, p, g) for (n, p), g in zip(weights, grads, strict=True) if g is not None]
+        cosines = nlm_cosines([_with_grad(p, g) for _, p, g in measured]).tolist()
+        for (name, p, _), cosine in zip(measured, cosines, strict=True):
+            metrics[f"weight_norm/{name}"] = float(p.detach().float().norm())
+            metrics[f"cos_w_g/{name}"] = cosine
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_step = state_dict["last_step"]
+
+
+def _with_grad(param: Tensor, grad: Tensor) -> Tensor:
+    """A detached alias of ``param`` holding ``grad``; the real ``.grad`` is untouched."""
+    view = param.detach()
+    view.grad = grad
+    return view
