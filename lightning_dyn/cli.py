@@ -30,7 +30,7 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """The recipe's callbacks, then the ``callbacks`` group's; a ``null`` entry switches one off."""
     specs: dict[str, Any] = {}
     for group in (cfg.recipe.get("callbacks"), cfg.get("callbacks")):
-        specs.update(OmegaConf.to_container(group) if group else {})
+        specs.update(OmegaConf.to_container(group, resolve=True) if group else {})
     callbacks = [instantiate(spec) for spec in specs.values() if spec is not None]
     if cfg.get("checkpoint_every_n_steps"):
         callbacks.append(

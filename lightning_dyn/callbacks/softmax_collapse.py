@@ -47,8 +47,10 @@ class SoftmaxCollapseMonitor(pl.Callback):
     Args:
         every_n_steps: measure after every this many optimizer steps.
         probe_size: how many training examples to measure on (all if fewer).
-        dtype: dtype of the collapse test and of the loss; ``None`` uses the logits' dtype,
-            which is what a softmax loss computed on the logits sees.
+        dtype: dtype of the collapse test and of the loss (a ``torch.dtype`` or its name, e.g.
+            ``"float64"``); ``None`` uses the logits' dtype, which is what a softmax loss computed
+            on the logits sees. For ``loss="stablemax"`` pass ``"float64"``, the dtype
+            ``stablemax_cross_entropy`` computes in.
         loss: ``"softmax"`` or ``"stablemax"``: the loss whose zero values and gradient are
             measured (StableMax losses are computed in float64 unless ``dtype`` says otherwise).
         logits_fn: ``(pl_module, batch) -> (logits, targets)`` for modules whose batches are not
@@ -59,15 +61,19 @@ class SoftmaxCollapseMonitor(pl.Callback):
         self,
         every_n_steps: int = 10,
         probe_size: int = 8192,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         loss: str = "softmax",
         logits_fn: LogitsFn | None = None,
     ) -> None:
         check_positive_int("every_n_steps", every_n_steps)
         check_positive_int("probe_size", probe_size)
         check_choice("loss", loss, COLLAPSE_LOSSES)
-        if dtype is not None and not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating dtype or None; got {dtype}.")
+        if isinstance(dtype, str):  # from a config file: "float64"
+            dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(
+                f"dtype must be a floating torch dtype (or its name) or None; got {dtype!r}."
+            )
         self.every_n_steps, self.probe_size, self.dtype, self.loss = (
             every_n_steps,
             probe_size,

@@ -1,3 +1,5 @@
 """``torch.nn.Module``s built on ``lightning_dyn.functional``."""
 
-__all__: list[str] = []
+from lightning_dyn.nn.stablemax import StableMaxCrossEntropyLoss, StableMaxHead
+
+__all__: list[str] = ["StableMaxCrossEntropyLoss", "StableMaxHead"]

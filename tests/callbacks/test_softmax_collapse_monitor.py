@@ -134,5 +134,8 @@ def test_bad_arguments_name_the_argument() -> None:
         SoftmaxCollapseMonitor(every_n_steps=0)
     with pytest.raises(ValueError, match=r"loss='focal'.*'softmax', 'stablemax'"):
         SoftmaxCollapseMonitor(loss="focal")
-    with pytest.raises(ValueError, match=r"dtype must be a floating dtype"):
+    with pytest.raises(ValueError, match=r"dtype must be a floating torch dtype.*int64"):
         SoftmaxCollapseMonitor(dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"dtype must be a floating torch dtype.*'double64'"):
+        SoftmaxCollapseMonitor(dtype="double64")
+    assert SoftmaxCollapseMonitor(dtype="float64").dtype is torch.float64
