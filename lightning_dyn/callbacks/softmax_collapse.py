@@ -12,6 +12,7 @@ from torch import Tensor
 from lightning_dyn._checks import check_choice, check_positive_int
 from lightning_dyn.functional.classification_losses import classification_loss
 from lightning_dyn.functional.perp_grad import nlm_cosines
+from lightning_dyn.functional.stablemax import stablemax_scores
 from lightning_dyn.functional.softmax_collapse import (
     COLLAPSE_LOSSES,
     softmax_collapse_fraction,
@@ -36,7 +37,9 @@ class SoftmaxCollapseMonitor(pl.Callback):
     changing any ``.grad``; train mode is restored afterwards. Logs, under ``softmax_collapse/``:
 
     - ``sc_fraction``: fraction of probe examples whose ``sum_k exp(z_k - max z) == 1`` exactly in
-      ``dtype`` (paper Def. 3): their correct-class gradient is exactly zero;
+      ``dtype`` (paper Def. 3): their correct-class gradient is exactly zero. For
+      ``loss="stablemax"`` the test is applied to StableMax's own normaliser, i.e. to the scores
+      ``sign(z) log1p(|z|)`` whose softmax StableMax is;
     - ``zero_loss_fraction``: fraction whose per-example loss is exactly 0 in ``dtype``;
     - ``max_logit``: the largest logit on the probe;
     - ``weight_norm/<name>`` and ``cos_w_g/<name>``: per weight tensor (``ndim >= 2``), the norm
@@ -131,10 +134,12 @@ class SoftmaxCollapseMonitor(pl.Callback):
             loss = loss_fn(logits.to(self.dtype) if self.dtype else logits, targets)
             grads = torch.autograd.grad(loss, [p for _, p in weights], allow_unused=True)
         logits = logits.detach()
+        # The normaliser the loss exponentiates: the logits, or StableMax's log s(z).
+        scores = logits if self.loss == "softmax" else stablemax_scores(logits.to(self.dtype))
         n = torch.tensor(float(len(targets)), device=logits.device)
         sums = torch.stack(
             [
-                softmax_collapse_fraction(logits, dtype=self.dtype).to(n) * n,
+                softmax_collapse_fraction(scores, dtype=self.dtype).to(n) * n,
                 zero_loss_fraction(logits, targets, loss=self.loss, dtype=self.dtype).to(n) * n,
                 n,
             ]

@@ -14,6 +14,7 @@ from lightning_dyn.functional.stablemax import (
     log_stablemax,
     stablemax,
     stablemax_cross_entropy,
+    stablemax_scores,
 )
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "softmax_collapse_mask",
     "stablemax",
     "stablemax_cross_entropy",
+    "stablemax_scores",
     "zero_loss_fraction",
 ]

@@ -71,8 +71,12 @@ class _LogS(torch.autograd.Function):
         return x_tangent / (1 + x.abs())
 
 
-def _log_s(x: Tensor) -> Tensor:
-    """``log s(x) = sign(x) * log1p(|x|)``, the log of StableMax's ``s`` (see :class:`_LogS`)."""
+def stablemax_scores(x: Tensor) -> Tensor:
+    """``log s(x) = sign(x) * log1p(|x|)``: the logits whose softmax is StableMax of ``x``.
+
+    Useful to reuse softmax tooling on a StableMax model, e.g. the Softmax Collapse test of
+    :mod:`lightning_dyn.functional.softmax_collapse` applied to StableMax's own normaliser.
+    """
     return _LogS.apply(x)
 
 
@@ -89,7 +93,7 @@ def stablemax(x: Tensor, dim: int = -1) -> Tensor:
     Returns:
         Tensor of the same shape and dtype as ``x``.
     """
-    return torch.softmax(_log_s(x), dim=dim)
+    return torch.softmax(stablemax_scores(x), dim=dim)
 
 
 def log_stablemax(x: Tensor, dim: int = -1) -> Tensor:
@@ -102,7 +106,7 @@ def log_stablemax(x: Tensor, dim: int = -1) -> Tensor:
     Returns:
         Tensor of the same shape and dtype as ``x``.
     """
-    return torch.log_softmax(_log_s(x), dim=dim)
+    return torch.log_softmax(stablemax_scores(x), dim=dim)
 
 
 def stablemax_cross_entropy(

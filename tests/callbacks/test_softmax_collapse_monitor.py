@@ -139,3 +139,23 @@ def test_bad_arguments_name_the_argument() -> None:
     with pytest.raises(ValueError, match=r"dtype must be a floating torch dtype.*'double64'"):
         SoftmaxCollapseMonitor(dtype="double64")
     assert SoftmaxCollapseMonitor(dtype="float64").dtype is torch.float64
+
+
+def test_stablemax_collapse_is_tested_on_its_own_normaliser(tmp_path) -> None:
+    """StableMax exponentiates log1p(z): a logit gap of 1e13 is a score gap of log1p(1e13) = 29.9,
+    which collapses in float32 (1 + 11 e^-29.9 rounds to 1) but not in float64."""
+
+    class _Gap(ModularArithmeticModule):
+        gap = 1e13
+
+        def forward(self, pairs):
+            z = super().forward(pairs)
+            return z + (self.gap * F.one_hot(z.argmax(-1), z.shape[-1]) - z).detach()
+
+    measured = {}
+    for dtype in (torch.float32, torch.float64):
+        pl.seed_everything(0, verbose=False)
+        monitor = SoftmaxCollapseMonitor(1, dtype=dtype, loss="stablemax")
+        trainer = _fit(tmp_path, _Gap(**TINY_MODULE, loss="stablemax"), [monitor], 1)
+        measured[dtype] = trainer.logger.records[0][1]["softmax_collapse/sc_fraction"]
+    assert measured == {torch.float32: 1.0, torch.float64: 0.0}
