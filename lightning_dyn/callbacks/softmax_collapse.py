@@ -12,12 +12,12 @@ from torch import Tensor
 from lightning_dyn._checks import check_choice, check_positive_int
 from lightning_dyn.functional.classification_losses import classification_loss
 from lightning_dyn.functional.perp_grad import nlm_cosines
-from lightning_dyn.functional.stablemax import stablemax_scores
 from lightning_dyn.functional.softmax_collapse import (
     COLLAPSE_LOSSES,
     softmax_collapse_fraction,
     zero_loss_fraction,
 )
+from lightning_dyn.functional.stablemax import stablemax_scores
 
 LogitsFn = Callable[[pl.LightningModule, Any], tuple[Tensor, Tensor]]
 
