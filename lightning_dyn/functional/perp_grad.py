@@ -67,6 +67,14 @@ class _Bucket:
         self.lengths = (
             torch.tensor(self.sizes, device=self.w.device) if len(params) > 1 else self.sizes[0]
         )
+        # One big tensor whose flat gradient is already .grad itself (a view, same dtype): it is
+        # projected in place, without the copies (see _project_in_place_).
+        self.in_place = (
+            len(params) == 1
+            and self.sizes[0] > 1
+            and self.g.data_ptr() == grads[0].data_ptr()
+            and self.g.dtype == grads[0].dtype
+        )
 
     def dots(self, a: Tensor, b: Tensor) -> Tensor:
         """Per-tensor dot products of flat ``(numel,)`` vectors, as a float64 ``(n_tensors,)``."""
@@ -141,6 +149,20 @@ def _perp_factor(ww: Tensor, numel: Tensor | int, norm_ratio: Tensor | None) -> 
     return torch.where((ww > 0) & (numel == 1), 0.0, factor)
 
 
+def _project_in_place_(w: Tensor, g: Tensor, rescale: bool, eps: float) -> None:
+    """``g <- g - (w·g)/(w·w + eps) w``, rescaled to the old ``||g||``, on flat views, in place.
+
+    For large tensors the projection is memory-bound: this reads ``w`` and ``g`` a few times and
+    writes ``g`` twice, with no temporary the size of the tensor. Scalars stay on the device.
+    """
+    ww, wg = torch.dot(w, w).double(), torch.dot(w, g).double()
+    gg = torch.dot(g, g).double() if rescale else None
+    coef = wg / (ww + eps)  # Eq. 12, one tensor at a time
+    g.addcmul_(w, (-coef).to(g.dtype))
+    if gg is not None:
+        g.mul_(_norm_ratio(gg, torch.dot(g, g).double(), eps).to(g.dtype))
+
+
 def _bucket_cosines(b: _Bucket, eps: float) -> Tensor:
     """Per-tensor ``cos(w, -g)``; 0 (not NaN) when either vector is 0."""
     wg, ww, gg = b.dots(b.w, b.g), b.dots(b.w, b.w), b.dots(b.g, b.g)
@@ -187,6 +209,9 @@ def perp_grad_(
     buckets = _buckets(params)
     if mode == "per_tensor":
         for b in buckets:
+            if b.in_place:
+                _project_in_place_(b.w, b.g, rescale, eps)
+                continue
             ww = b.dots(b.w, b.w)
             coef = b.dots(b.w, b.g) / (ww + eps)  # Eq. 12, one tensor at a time
             g_perp = b.g - b.expand(coef) * b.w

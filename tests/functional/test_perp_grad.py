@@ -223,3 +223,13 @@ def test_bad_arguments_raise() -> None:
         perp_grad_([sparse])
     with pytest.raises(ValueError, match=r"positions \[1\]"):
         nlm_cosines([params[0], torch.nn.Parameter(torch.randn(2))])
+
+
+def test_large_tensor_with_a_non_contiguous_grad_matches_the_reference() -> None:
+    """The in-place fast path needs .grad itself as the flat vector; a transposed grad cannot."""
+    gen = torch.Generator().manual_seed(7)
+    p = torch.nn.Parameter(torch.randn(80, 90, generator=gen))
+    p.grad = torch.randn(90, 80, generator=gen).t()  # (80, 90), not contiguous
+    expected = _reference_per_tensor(p, p.grad.clone(), rescale=True)
+    perp_grad_([p])
+    torch.testing.assert_close(p.grad.double(), expected, rtol=1e-5, atol=1e-6)
