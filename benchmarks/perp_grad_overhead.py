@@ -1,22 +1,25 @@
 """Step time with ⊥Grad relative to the same step without it.
 
-Two training steps are timed side by side, alternating (plain, ⊥Grad, plain, ⊥Grad, ...) so
-that machine noise hits both, and the figure is the ratio of median seconds per step:
+Training with and without ⊥Grad is timed side by side, alternating so that machine noise hits
+both, and the figure is the ratio of median seconds per step:
 
 - ``loop``: a plain PyTorch step (zero_grad, forward, cross-entropy, backward, AdamW step) with
-  and without ``perp_grad_`` between backward and step;
-- ``lightning``: ``Trainer.fit`` steps (validation off) without and with the ``PerpGrad``
-  callback, which also logs the per-tensor NLM cosines every ``log_every_n_steps``.
+  and without ``perp_grad_`` between backward and step, on two copies of the model stepped
+  alternately one step at a time; the ratio of median step times;
+- ``lightning``: ``Trainer.fit`` runs (validation off) without and with the ``PerpGrad``
+  callback, alternating whole runs, ``--repeats`` of each; the callback also logs the
+  per-tensor NLM cosines every ``log_every_n_steps``.
 
 Models: the grokking MLP (226-200-200-113, no bias, full batch of 5107 pairs) and a ~10M
 parameter MLP (1024-2048-2048-2048-1024-10 with biases, batch 256 of random data).
 
-    python benchmarks/perp_grad_overhead.py --repeats 7
+    python benchmarks/perp_grad_overhead.py --repeats 9
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import itertools
 import json
@@ -60,21 +63,38 @@ PROBLEMS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]] 
 }
 
 
-def loop_seconds_per_step(problem: str, project: bool, steps: int, warmup: int) -> float:
+def loop_step_times(problem: str, steps: int, warmup: int) -> dict[str, list[float]]:
+    """Per-step seconds of two copies of one model, stepped alternately, plain and projected.
+
+    Alternating single steps (rather than whole runs) makes both sides see the same machine.
+    """
     torch.manual_seed(0)
     model, inputs, labels = PROBLEMS[problem]()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    params = list(model.parameters())
-    start = 0.0
+    models = {"plain": model, "perp_grad": copy.deepcopy(model)}
+    optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, m in models.items()}
+    times: dict[str, list[float]] = {"plain": [], "perp_grad": []}
     for step in range(steps):
-        if step == warmup:
+        for name, m in models.items():
             start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(inputs), labels).backward()
-        if project:
-            perp_grad_(params)
-        optimizer.step()
-    return (time.perf_counter() - start) / (steps - warmup)
+            optimizers[name].zero_grad(set_to_none=True)
+            F.cross_entropy(m(inputs), labels).backward()
+            if name == "perp_grad":
+                perp_grad_(m.parameters())
+            optimizers[name].step()
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _loop_ratio(problem: str, steps: int, warmup: int) -> dict[str, Any]:
+    times = loop_step_times(problem, steps, warmup)
+    plain, projected = statistics.median(times["plain"]), statistics.median(times["perp_grad"])
+    return {
+        "steps_timed": len(times["plain"]),
+        "ms_per_step_plain": round(1e3 * plain, 3),
+        "ms_per_step_perp_grad": round(1e3 * projected, 3),
+        "ratio": round(projected / plain, 4),
+    }
 
 
 class _StepClock(pl.Callback):
@@ -129,17 +149,15 @@ def _ratio(measure: Callable[[bool], float], repeats: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--root", default="outputs/benchmarks/perp_grad_overhead")
     args = parser.parse_args()
     results = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "lightning": pl.__version__,
-        "loop/grokking_mlp": _ratio(
-            lambda p: loop_seconds_per_step("grokking_mlp", p, 60, 10), args.repeats
-        ),
-        "loop/mlp_10m": _ratio(lambda p: loop_seconds_per_step("mlp_10m", p, 25, 5), args.repeats),
+        "loop/grokking_mlp": _loop_ratio("grokking_mlp", 1000, 20),
+        "loop/mlp_10m": _loop_ratio("mlp_10m", 300, 5),
     }
     for every in (50, 1):
         results[f"lightning/grokking_mlp/log_every_{every}"] = _ratio(

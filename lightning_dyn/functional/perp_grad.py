@@ -38,6 +38,10 @@ PERP_GRAD_MODES: tuple[str, ...] = ("per_tensor", "global")
 DEFAULT_EPS = 1e-30
 """The official code's guard: it only matters when a norm is exactly 0."""
 
+_ANALYTIC_NORM_MIN = 1e-3
+"""``||g_perp||² / ||g||²`` above which the projected norm is computed, not measured: float32 dot
+products are accurate to ~1e-7 relative, so the cancellation costs at most ~1e-4 there."""
+
 SMALL_TENSOR_NUMEL = 1 << 12
 """Tensors up to this many elements share one flattened buffer (see the module docstring)."""
 
@@ -153,14 +157,21 @@ def _project_in_place_(w: Tensor, g: Tensor, rescale: bool, eps: float) -> None:
     """``g <- g - (w·g)/(w·w + eps) w``, rescaled to the old ``||g||``, on flat views, in place.
 
     For large tensors the projection is memory-bound: this reads ``w`` and ``g`` a few times and
-    writes ``g`` twice, with no temporary the size of the tensor. Scalars stay on the device.
+    writes ``g`` twice, with no temporary the size of the tensor. On the CPU the projected norm
+    comes from ``||g_perp||² = g·g - (w·g)²/(w·w)`` (one pass less) unless cancellation would
+    cost accuracy (g within ~2° of ±w); elsewhere, where that test would need a device sync, it
+    is measured.
     """
     ww, wg = torch.dot(w, w).double(), torch.dot(w, g).double()
     gg = torch.dot(g, g).double() if rescale else None
     coef = wg / (ww + eps)  # Eq. 12, one tensor at a time
     g.addcmul_(w, (-coef).to(g.dtype))
-    if gg is not None:
-        g.mul_(_norm_ratio(gg, torch.dot(g, g).double(), eps).to(g.dtype))
+    if gg is None:
+        return
+    pp = gg - coef * wg
+    if g.device.type != "cpu" or not pp >= _ANALYTIC_NORM_MIN * gg:
+        pp = torch.dot(g, g).double()
+    g.mul_(_norm_ratio(gg, pp, eps).to(g.dtype))
 
 
 def _bucket_cosines(b: _Bucket, eps: float) -> Tensor:
