@@ -73,7 +73,9 @@ def summarize(cfg: DictConfig, trainer: pl.Trainer, wall_time: float) -> dict[st
         if isinstance(callback, ThresholdCrossing):
             passed = ">" if callback.mode == "max" else "<"
             label = f"first step {callback.monitor} {passed} {callback.threshold:g}"
-            summary[label] = callback.crossed_at_step
+            summary[label] = (
+                callback.crossed_at_step if callback.crossed_at_step is not None else "never"
+            )
     summary["wall time"] = f"{wall_time:.1f} s"
     summary["run dir"] = str(Path(cfg.run_dir).resolve())
     wandb = wandb_logger(trainer)
@@ -92,7 +94,7 @@ def print_summary(title: str, summary: dict[str, Any]) -> None:
 
 def _format(value: Any) -> str:
     if value is None:
-        return "never"
+        return "n/a"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
