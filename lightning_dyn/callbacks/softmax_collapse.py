@@ -77,12 +77,8 @@ class SoftmaxCollapseMonitor(pl.Callback):
             raise ValueError(
                 f"dtype must be a floating torch dtype (or its name) or None; got {dtype!r}."
             )
-        self.every_n_steps, self.probe_size, self.dtype, self.loss = (
-            every_n_steps,
-            probe_size,
-            dtype,
-            loss,
-        )
+        self.every_n_steps, self.probe_size = every_n_steps, probe_size
+        self.dtype, self.loss = dtype, loss
         self.logits_fn = logits_fn or forward_first_input
         self._probe: Any = None
         self._last_step = -1
@@ -126,8 +122,8 @@ class SoftmaxCollapseMonitor(pl.Callback):
             pl_module.log(f"softmax_collapse/{key}", value, on_step=True, on_epoch=False)
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        weights = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
-        weights = [(n, p) for n, p in weights if p.ndim >= 2]
+        weights = [(k, p) for k, p in pl_module.named_parameters() if p.requires_grad]
+        weights = [(k, p) for k, p in weights if p.ndim >= 2]
         with torch.enable_grad():
             logits, targets = self.logits_fn(pl_module, self._probe)
             loss_fn = classification_loss(self.loss)
@@ -135,7 +131,10 @@ class SoftmaxCollapseMonitor(pl.Callback):
             grads = torch.autograd.grad(loss, [p for _, p in weights], allow_unused=True)
         logits = logits.detach()
         # The normaliser the loss exponentiates: the logits, or StableMax's log s(z).
-        scores = logits if self.loss == "softmax" else stablemax_scores(logits.to(self.dtype))
+        if self.loss == "softmax":
+            scores = logits
+        else:
+            scores = stablemax_scores(logits.to(self.dtype or logits.dtype))
         n = torch.tensor(float(len(targets)), device=logits.device)
         sums = torch.stack(
             [
@@ -151,7 +150,7 @@ class SoftmaxCollapseMonitor(pl.Callback):
             "zero_loss_fraction": float(sums[1] / sums[2]),
             "max_logit": float(max_logit),
         }
-        measured = [(n, p, g) for (n, p), g in zip(weights, grads, strict=True) if g is not None]
+        measured = [(k, p, g) for (k, p), g in zip(weights, grads, strict=True) if g is not None]
         cosines = nlm_cosines([_with_grad(p, g) for _, p, g in measured]).tolist()
         for (name, p, _), cosine in zip(measured, cosines, strict=True):
             metrics[f"weight_norm/{name}"] = float(p.detach().float().norm())
