@@ -153,9 +153,9 @@ def test_stablemax_collapse_is_tested_on_its_own_normaliser(tmp_path) -> None:
             return z + (self.gap * F.one_hot(z.argmax(-1), z.shape[-1]) - z).detach()
 
     measured = {}
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (None, torch.float32, torch.float64):
         pl.seed_everything(0, verbose=False)
         monitor = SoftmaxCollapseMonitor(1, dtype=dtype, loss="stablemax")
         trainer = _fit(tmp_path, _Gap(**TINY_MODULE, loss="stablemax"), [monitor], 1)
         measured[dtype] = trainer.logger.records[0][1]["softmax_collapse/sc_fraction"]
-    assert measured == {torch.float32: 1.0, torch.float64: 0.0}
+    assert measured == {None: 1.0, torch.float32: 1.0, torch.float64: 0.0}  # None: logits' dtype
