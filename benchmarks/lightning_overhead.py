@@ -17,33 +17,19 @@ import json
 import platform
 import statistics
 import time
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from _timing import StepClock
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_dyn._progress import StepProgressBar
 from lightning_dyn.recipes import ModularArithmeticDataModule, ModularArithmeticModule
 
 
-class _StepClock(pl.Callback):
-    """Wall time from the start of step ``warmup`` to the end of training."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end = warmup, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *_: Any) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
-
-    def on_train_end(self, *_: Any) -> None:
-        self.end = time.perf_counter()
-
-
 def lightning_seconds_per_step(steps: int, warmup: int, with_logging: bool, root: str) -> float:
     pl.seed_everything(0, verbose=False)
-    clock = _StepClock(warmup)
+    clock = StepClock(warmup)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -60,7 +46,7 @@ def lightning_seconds_per_step(steps: int, warmup: int, with_logging: bool, root
         default_root_dir=root,
     )
     trainer.fit(ModularArithmeticModule(), datamodule=ModularArithmeticDataModule())
-    return (clock.end - clock.start) / (steps - warmup)
+    return clock.seconds_per_step(steps)
 
 
 def plain_seconds_per_step(steps: int, warmup: int) -> float:

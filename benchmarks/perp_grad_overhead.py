@@ -32,6 +32,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from _timing import StepClock
 from torch import nn
 
 from lightning_dyn.callbacks import PerpGrad
@@ -97,23 +98,11 @@ def _loop_ratio(problem: str, steps: int, warmup: int) -> dict[str, Any]:
     }
 
 
-class _StepClock(pl.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end = warmup, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *_: Any) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
-
-    def on_train_end(self, *_: Any) -> None:
-        self.end = time.perf_counter()
-
-
 def lightning_seconds_per_step(
     project: bool, log_every_n_steps: int, steps: int, warmup: int, root: str
 ) -> float:
     pl.seed_everything(0, verbose=False)
-    clock = _StepClock(warmup)
+    clock = StepClock(warmup)
     callbacks: list[pl.Callback] = [clock, PerpGrad()] if project else [clock]
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -130,7 +119,7 @@ def lightning_seconds_per_step(
     optimizer = functools.partial(torch.optim.AdamW, lr=1e-2, betas=(0.9, 0.99), eps=1e-25)
     module = ModularArithmeticModule(optimizer=optimizer)
     trainer.fit(module, datamodule=ModularArithmeticDataModule())
-    return (clock.end - clock.start) / (steps - warmup)
+    return clock.seconds_per_step(steps)
 
 
 def _ratio(measure: Callable[[bool], float], repeats: int) -> dict[str, Any]:

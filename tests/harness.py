@@ -151,8 +151,12 @@ class RecordingLogger(Logger):
         return {key for _, metrics in self.records for key in metrics}
 
 
-def make_trainer(entry: Entry, max_steps: int, root: Path, **kwargs: Any) -> pl.Trainer:
-    """A quiet CPU trainer with a :class:`RecordingLogger`, validating every step."""
+def quiet_trainer(root: Path, max_steps: int, **kwargs: Any) -> pl.Trainer:
+    """A CPU trainer with a :class:`RecordingLogger`, logging every step, nothing printed.
+
+    Validation runs every epoch (every step for full-batch data); checkpointing is on only when
+    a ``ModelCheckpoint`` is among the callbacks.
+    """
     options: dict[str, Any] = {
         "accelerator": "cpu",
         "devices": 1,
@@ -164,12 +168,16 @@ def make_trainer(entry: Entry, max_steps: int, root: Path, **kwargs: Any) -> pl.
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "default_root_dir": str(root),
-        **entry.trainer,
         **kwargs,
     }
     callbacks = options.get("callbacks", [])
     options["enable_checkpointing"] = any(isinstance(c, ModelCheckpoint) for c in callbacks)
     return pl.Trainer(**options)
+
+
+def make_trainer(entry: Entry, max_steps: int, root: Path, **kwargs: Any) -> pl.Trainer:
+    """:func:`quiet_trainer` with the entry's own Trainer settings."""
+    return quiet_trainer(root, max_steps, **{**entry.trainer, **kwargs})
 
 
 def checkpoint_every(n_steps: int, dirpath: Path) -> ModelCheckpoint:

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from harness import TINY_DATA, TINY_MODULE, RecordingLogger
+from harness import TINY_DATA, TINY_MODULE, quiet_trainer
 from lightning.pytorch.plugins import MixedPrecision
 
 from lightning_dyn.callbacks import PerpGrad
@@ -42,17 +42,7 @@ class _StepRecorder(pl.Callback):
 
 
 def _fit(tmp_path: Path, module: pl.LightningModule, callbacks: list, **kwargs) -> pl.Trainer:
-    trainer = pl.Trainer(
-        max_steps=kwargs.pop("max_steps", 4),
-        logger=RecordingLogger(),
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-        **kwargs,
-    )
+    trainer = quiet_trainer(tmp_path, kwargs.pop("max_steps", 4), callbacks=callbacks, **kwargs)
     # With accumulation, 4 micro-batches of 18 make 2 optimizer steps per epoch.
     batch_size = 18 if kwargs.get("accumulate_grad_batches", 1) > 1 else None
     trainer.fit(module, datamodule=ModularArithmeticDataModule(**TINY_DATA, batch_size=batch_size))

@@ -8,23 +8,14 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from harness import TINY_DATA, TINY_MODULE, RecordingLogger, parameters_of
+from harness import TINY_DATA, TINY_MODULE, parameters_of, quiet_trainer
 
 from lightning_dyn.callbacks import SoftmaxCollapseMonitor
 from lightning_dyn.recipes import ModularArithmeticDataModule, ModularArithmeticModule
 
 
 def _fit(tmp_path: Path, module, callbacks, max_steps: int = 4) -> pl.Trainer:
-    trainer = pl.Trainer(
-        max_steps=max_steps,
-        logger=RecordingLogger(),
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps, callbacks=callbacks)
     trainer.fit(module, datamodule=ModularArithmeticDataModule(**TINY_DATA))
     return trainer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from harness import TINY_DATA, TINY_MODULE, RecordingLogger
+from harness import TINY_DATA, TINY_MODULE, quiet_trainer
 
 from lightning_dyn.recipes import (
     ModularArithmeticDataModule,
@@ -92,16 +92,7 @@ def _fit(tmp_path: Path, steps: int, module_kwargs: dict, **trainer_kwargs) -> p
     pl.seed_everything(0, verbose=False)
     module = ModularArithmeticModule(**{**TINY_MODULE, **module_kwargs})
     data = ModularArithmeticDataModule(**TINY_DATA)
-    trainer = pl.Trainer(
-        max_steps=steps,
-        logger=RecordingLogger(),
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        default_root_dir=tmp_path,
-        **trainer_kwargs,
-    )
+    trainer = quiet_trainer(tmp_path, steps, **trainer_kwargs)
     trainer.fit(module, datamodule=data)
     return trainer
 
