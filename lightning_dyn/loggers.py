@@ -32,9 +32,17 @@ def wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
 
 
 def media_dir(trainer: pl.Trainer) -> Path:
-    """Directory that receives media files when no ``WandbLogger`` is attached."""
-    root = trainer.log_dir or trainer.default_root_dir
-    return Path(root) / "media"
+    """Directory that receives media files when no ``WandbLogger`` is attached.
+
+    The first logger's ``log_dir`` (or ``save_dir``), else ``default_root_dir``. Not
+    ``trainer.log_dir``: that broadcasts from rank 0, a collective that would hang when only rank
+    0 logs media.
+    """
+    for logger in trainer.loggers:
+        root = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        if root:
+            return Path(root) / "media"
+    return Path(trainer.default_root_dir) / "media"
 
 
 def _media_path(trainer: pl.Trainer, key: str, step: int, suffix: str) -> Path:

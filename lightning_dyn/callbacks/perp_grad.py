@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn.callbacks._intervals import warn_unless_multiple
 from lightning_dyn.functional.perp_grad import (
     DEFAULT_EPS,
     PERP_GRAD_MODES,
@@ -87,13 +88,7 @@ class PerpGrad(pl.Callback):
                     "NaNs. Build the optimizer with fused=False."
                 )
             self._warn_on_coupled_weight_decay(optimizer)
-        own, every = self.log_every_n_steps, trainer.log_every_n_steps
-        if own is not None and every > 0 and own % every:
-            rank_zero_warn(
-                f"PerpGrad(log_every_n_steps={own}) is not a multiple of the Trainer's "
-                f"log_every_n_steps={every}: Lightning only sends step metrics to the loggers "
-                "every Trainer interval, so some cosines will not be recorded."
-            )
+        warn_unless_multiple("PerpGrad", self.log_every_n_steps, trainer)
 
     @staticmethod
     def _warn_on_coupled_weight_decay(optimizer: torch.optim.Optimizer) -> None:

@@ -4,6 +4,20 @@ from lightning_dyn.functional.classification_losses import (
     CLASSIFICATION_LOSSES,
     classification_loss,
 )
+from lightning_dyn.functional.lmo import (
+    NS_COEFFICIENTS,
+    SPECTRAL_SCALES,
+    column_normalize,
+    l1_norm,
+    newton_schulz,
+    nuclear_norm,
+    nuclear_norm_estimate,
+    row_normalize,
+    sign_lmo,
+    spectral_dual_norm,
+    spectral_lmo,
+    spectral_scale,
+)
 from lightning_dyn.functional.perp_grad import nlm_cosine, nlm_cosines, perp_grad_
 from lightning_dyn.functional.softmax_collapse import (
     softmax_collapse_fraction,
@@ -19,13 +33,25 @@ from lightning_dyn.functional.stablemax import (
 
 __all__ = [
     "CLASSIFICATION_LOSSES",
+    "NS_COEFFICIENTS",
+    "SPECTRAL_SCALES",
     "classification_loss",
+    "column_normalize",
+    "l1_norm",
     "log_stablemax",
+    "newton_schulz",
     "nlm_cosine",
     "nlm_cosines",
+    "nuclear_norm",
+    "nuclear_norm_estimate",
     "perp_grad_",
+    "row_normalize",
+    "sign_lmo",
     "softmax_collapse_fraction",
     "softmax_collapse_mask",
+    "spectral_dual_norm",
+    "spectral_lmo",
+    "spectral_scale",
     "stablemax",
     "stablemax_cross_entropy",
     "stablemax_scores",

@@ -1,3 +1,6 @@
 """``torch.optim.Optimizer``s and parameter-grouping helpers."""
 
-__all__: list[str] = []
+from lightning_dyn.optim.lanton import LANTON
+from lightning_dyn.optim.param_groups import param_groups
+
+__all__: list[str] = ["LANTON", "param_groups"]

@@ -1,0 +1,270 @@
+"""LANTON: noise-adaptive layerwise learning rates on geometry-aware (Muon/Scion-style) updates.
+
+Hao, Gong, Xu, Wang, Liu, "Noise-Adaptive Layerwise Learning Rates: Accelerating Geometry-Aware
+Optimization for Deep Neural Network Training", arXiv 2510.14009. Per layer ℓ and step t:
+
+    B ← β1 B + (1 - β1) G                       momentum (fp32)
+    H ← β2 H + (1 - β2) ||G_t - G_{t-1}||_*²    noise estimate in the layer's dual norm (fp32)
+    X ← X (1 - η wd) - η f_ℓ LMO_ℓ(B)            f_ℓ from H, relative to the layer's noise group
+
+What is reconstructed, not read from the paper (whose Algorithm 1 was not available to us, see
+docs/methods/lanton.md): the learning-rate factor
+``f_ℓ = (d_min / d_ℓ)^(power / 2)`` with ``d_ℓ = H_ℓ + alpha · max_group H`` (the least noisy
+layer of a group keeps the group's learning rate, noisier layers get less; ``alpha`` makes the
+rule invariant to the gradient scale), with ``power = 1/2`` by default. ``adaptive=False`` sets
+``f_ℓ = 1``: the optimizer is then plain Muon (spectral groups) / Signum (sign groups) / AdamW.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn.functional.lmo import (
+    SPECTRAL_SCALES,
+    l1_norm,
+    sign_lmo,
+    spectral_dual_norm,
+    spectral_lmo,
+)
+
+LMOS = ("spectral", "sign", "adamw")
+
+
+class LANTON(torch.optim.Optimizer):
+    """One optimizer for a whole model; each param group names its LMO.
+
+    Param-group keys (all have defaults, so ``LANTON(model.parameters())`` treats every tensor as
+    a spectral matrix; use :func:`lightning_dyn.optim.param_groups` to split a real model):
+
+    - ``lmo``: ``"spectral"`` (Newton-Schulz polar factor, hidden matrices), ``"sign"`` (Signum,
+      embeddings and heads), ``"adamw"`` (vectors, first conv; no noise adaptation).
+    - ``noise_group``: layers whose noise is compared with each other (default: the ``lmo``).
+    - ``lr``, ``weight_decay`` (decoupled, ``X ← X (1 - lr wd)``), ``momentum`` (β1),
+      ``nesterov``, ``betas``/``eps`` (AdamW groups).
+
+    The layerwise factor is applied inside :meth:`step` and never written into ``group["lr"]``,
+    so LR schedulers and ``LearningRateMonitor`` stay correct; :meth:`effective_lrs` gives the
+    learning rate each tensor actually got at the last step. Noise statistics are fp32; ``step``
+    makes no host sync (no ``.item()``). A step skipped by a ``GradScaler`` never reaches
+    ``step``, so it does not update the noise either.
+
+    Args:
+        params: tensors, or param-group dicts with the keys above (``param_names`` allowed).
+        lr: base learning rate.
+        momentum: β1 of the momentum buffer.
+        nesterov: use ``G + β1 (B - G)`` (as torch's Muon) instead of ``B`` as the LMO input.
+        weight_decay: decoupled weight decay.
+        adaptive: ``False`` turns the noise adaptation off (plain geometry-aware optimizer).
+        noise_beta: β2 of the noise EMA.
+        noise_alpha: relative floor of the noise, ``alpha · max_group H``.
+        power: exponent of the factor; ``f = (a_ℓ / max a)^power`` with ``a = d^(-1/2)``.
+        exact_dual_norm: nuclear norm by ``svdvals`` (exact, costly) instead of the cheap
+            Newton-Schulz estimate ``<D, NS(D)>``.
+        ns_steps, ns_coefficients, ns_dtype, eps: Newton-Schulz settings of spectral groups.
+        spectral_scale: ``"rms_to_rms"`` (sqrt(d_out/d_in), Scion/LANTON), ``"muon"``
+            (sqrt(max(1, d_out/d_in)), torch.optim.Muon's default) or ``"none"``.
+        betas, adam_eps: AdamW settings of ``"adamw"`` groups.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        adaptive: bool = True,
+        noise_beta: float = 0.99,
+        noise_alpha: float = 0.01,
+        power: float = 0.5,
+        exact_dual_norm: bool = False,
+        ns_steps: int = 5,
+        ns_coefficients: str | tuple[float, float, float] = "muon",
+        ns_dtype: torch.dtype | None = torch.bfloat16,
+        eps: float = 1e-7,
+        spectral_scale: str = "rms_to_rms",
+        betas: tuple[float, float] = (0.9, 0.95),
+        adam_eps: float = 1e-8,
+        lmo: str = "spectral",
+    ) -> None:
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0; got {lr!r}.")
+        for name, value in (("momentum", momentum), ("noise_beta", noise_beta)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1); got {value!r}.")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}.")
+        if not noise_alpha >= 0 or not power >= 0:
+            raise ValueError(f"noise_alpha and power must be >= 0; got {noise_alpha}, {power}.")
+        check_positive_int("ns_steps", ns_steps)
+        check_choice("spectral_scale", spectral_scale, SPECTRAL_SCALES)
+        check_choice("lmo", lmo, LMOS)
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "weight_decay": weight_decay,
+            "lmo": lmo,
+            "noise_group": None,
+            "betas": betas,
+            "adam_eps": adam_eps,
+        }
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            check_choice("param group 'lmo'", group["lmo"], LMOS)
+            if group["noise_group"] is None:
+                group["noise_group"] = group["lmo"]
+            if group["lmo"] == "spectral":
+                for p in group["params"]:
+                    if p.ndim < 2:
+                        raise ValueError(
+                            f"a 'spectral' param group holds a tensor of shape {tuple(p.shape)}; "
+                            "spectral LMOs need matrices (or conv kernels): put vectors in an "
+                            "'adamw' group (see lightning_dyn.optim.param_groups)."
+                        )
+        self.adaptive, self.noise_beta, self.noise_alpha = adaptive, noise_beta, noise_alpha
+        self.power, self.exact_dual_norm = power, exact_dual_norm
+        self.ns = {"steps": ns_steps, "coefficients": ns_coefficients, "eps": eps}
+        self.ns_dtype, self.spectral_scale = ns_dtype, spectral_scale
+
+    # -- the three phases of a step -------------------------------------------------------------
+
+    def _dual_norm(self, lmo: str, d: Tensor) -> Tensor:
+        if lmo == "sign":
+            return l1_norm(d)
+        return spectral_dual_norm(d, exact=self.exact_dual_norm)
+
+    def _update_noise(self) -> None:
+        """H ← β2 H + (1 - β2) ||G_t - G_{t-1}||², on the raw gradient, before any momentum."""
+        for group in self.param_groups:
+            if group["lmo"] == "adamw":
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                grad = p.grad.detach().float()
+                if "prev_grad" in state:
+                    norm = self._dual_norm(group["lmo"], grad - state["prev_grad"])
+                    state["noise"].mul_(self.noise_beta).add_((1 - self.noise_beta) * norm**2)
+                    state["prev_grad"].copy_(grad)
+                else:
+                    state["prev_grad"] = grad.clone()
+                    state["noise"] = torch.zeros((), dtype=torch.float32, device=p.device)
+
+    def _layer_factors(self) -> None:
+        """``state["lr_factor"]`` of every tensor, relative within its noise group."""
+        members: dict[str, list[Tensor]] = {}
+        for group in self.param_groups:
+            if group["lmo"] == "adamw":
+                continue
+            for p in group["params"]:
+                if p.grad is not None:
+                    members.setdefault(group["noise_group"], []).append(p)
+        for params in members.values():
+            if not self.adaptive:
+                for p in params:
+                    self.state[p]["lr_factor"] = torch.ones((), device=p.device)
+                continue
+            noise = torch.stack([self.state[p]["noise"] for p in params])
+            d = noise + self.noise_alpha * noise.max() + 1e-30
+            factors = (d.min() / d) ** (self.power / 2)  # (a_ℓ / max a)^power, a = d^-1/2
+            for p, factor in zip(params, factors.unbind(), strict=True):
+                self.state[p]["lr_factor"] = factor
+
+    def _geometric_update(self, group: dict[str, Any]) -> None:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            grad = p.grad.detach().float()
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(grad)
+                state["step"] = torch.zeros((), dtype=torch.float32)
+            state["step"] += 1
+            buf = state["momentum_buffer"]
+            buf.lerp_(grad, 1 - group["momentum"])
+            update = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+            if group["lmo"] == "sign":
+                direction = sign_lmo(update)
+            else:
+                direction = spectral_lmo(
+                    update, dtype=self.ns_dtype, scale=self.spectral_scale, **self._ns_kwargs()
+                )
+            lr = group["lr"] * state["lr_factor"]
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.sub_(direction.to(p.dtype) * lr)
+
+    def _ns_kwargs(self) -> dict[str, Any]:
+        return {k: self.ns[k] for k in ("steps", "coefficients", "eps")}
+
+    def _adamw_update(self, group: dict[str, Any]) -> None:
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            grad = p.grad.detach().float()
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(grad)
+                state["exp_avg_sq"] = torch.zeros_like(grad)
+                state["step"] = torch.zeros((), dtype=torch.float32)
+            state["step"] += 1
+            step = state["step"]
+            state["exp_avg"].lerp_(grad, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (state["exp_avg_sq"] / (1 - beta2**step)).sqrt_().add_(group["adam_eps"])
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.sub_((state["exp_avg"] / (1 - beta1**step) / denom).to(p.dtype) * group["lr"])
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.adaptive:
+            self._update_noise()
+        self._layer_factors()
+        for group in self.param_groups:
+            if group["lmo"] == "adamw":
+                self._adamw_update(group)
+            else:
+                self._geometric_update(group)
+        return loss
+
+    def _named_params(self) -> Iterable[tuple[str, dict[str, Any], Tensor]]:
+        for i, group in enumerate(self.param_groups):
+            names = group.get("param_names") or [
+                f"group{i}.{j}" for j in range(len(group["params"]))
+            ]
+            for name, p in zip(names, group["params"], strict=True):
+                yield name, group, p
+
+    def effective_lrs(self) -> dict[str, Tensor]:
+        """Learning rate each tensor got at the last step (``lr · f_ℓ``), keyed by name.
+
+        Names come from ``param_names`` in the param groups (torch's named-parameter groups, as
+        :func:`lightning_dyn.optim.param_groups` builds them), else ``group<i>.<j>``.
+        """
+        lrs = {}
+        for name, group, p in self._named_params():
+            factor = self.state[p].get("lr_factor") if p in self.state else None
+            if group["lmo"] == "adamw" or factor is None:
+                lrs[name] = torch.as_tensor(float(group["lr"]))
+            else:
+                lrs[name] = group["lr"] * factor
+        return lrs
+
+    def noise_estimates(self) -> dict[str, Tensor]:
+        """The noise EMA ``H`` of every adapted tensor, keyed like :meth:`effective_lrs`."""
+        return {
+            name: self.state[p]["noise"]
+            for name, _, p in self._named_params()
+            if "noise" in self.state.get(p, {})
+        }

@@ -1,0 +1,181 @@
+"""LANTON: Muon when not adaptive, smaller steps for noisier layers, exact state round trip."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_dyn.optim import LANTON, param_groups
+
+
+def _matrices(seed: int = 0) -> list[nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    return [nn.Parameter(torch.randn(shape, generator=gen)) for shape in [(16, 8), (8, 24)]]
+
+
+def _set_grads(params, step: int, noise_scales=(1.0, 1.0)) -> None:
+    gen = torch.Generator().manual_seed(1000 + step)
+    for p, scale in zip(params, noise_scales, strict=True):
+        signal = torch.ones_like(p) * 0.1
+        p.grad = signal + scale * torch.randn(p.shape, generator=gen)
+
+
+def test_not_adaptive_matches_torch_muon() -> None:
+    """Same coefficients, steps, eps, Nesterov momentum and shape scaling as torch.optim.Muon."""
+    ours, theirs = _matrices(), _matrices()
+    lanton = LANTON(ours, lr=0.02, weight_decay=0.1, adaptive=False, spectral_scale="muon")
+    muon = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1)
+    for step in range(6):
+        _set_grads(ours, step)
+        _set_grads(theirs, step)
+        lanton.step()
+        muon.step()
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_noisier_layer_gets_the_smaller_learning_rate() -> None:
+    params = _matrices()
+    optimizer = LANTON(params, lr=0.01)
+    for step in range(30):
+        _set_grads(params, step, noise_scales=(1.0, 10.0))
+        optimizer.step()
+    lrs = optimizer.effective_lrs()
+    quiet, noisy = lrs["group0.0"], lrs["group0.1"]
+    assert quiet == pytest.approx(0.01)  # the least noisy layer keeps the group's lr
+    assert noisy < 0.7 * quiet
+    noise = optimizer.noise_estimates()
+    assert noise["group0.1"] > 10 * noise["group0.0"]
+
+
+def test_equal_noise_gives_equal_rates_and_adaptive_false_gives_the_base_rate() -> None:
+    params = _matrices()
+    optimizer = LANTON(params, lr=0.01, adaptive=False)
+    for step in range(5):
+        _set_grads(params, step, noise_scales=(1.0, 10.0))
+        optimizer.step()
+    assert all(lr == pytest.approx(0.01) for lr in optimizer.effective_lrs().values())
+
+
+def test_state_dict_round_trip_is_exact() -> None:
+    params = _matrices()
+    optimizer = LANTON(params, lr=0.01)
+    for step in range(20):
+        _set_grads(params, step, noise_scales=(1.0, 3.0))
+        optimizer.step()
+    clone = [nn.Parameter(p.detach().clone()) for p in params]
+    restored = LANTON(clone, lr=0.01)
+    restored.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    for step in range(20, 40):
+        _set_grads(params, step, noise_scales=(1.0, 3.0))
+        _set_grads(clone, step, noise_scales=(1.0, 3.0))
+        optimizer.step()
+        restored.step()
+    for a, b in zip(params, clone, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_scheduler_changes_group_lr_and_the_factor_is_not_written_back() -> None:
+    params = _matrices()
+    optimizer = LANTON(params, lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    for step in range(3):
+        _set_grads(params, step, noise_scales=(1.0, 10.0))
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5**3)
+
+
+def test_step_makes_no_host_sync(monkeypatch) -> None:
+    params = _matrices()
+    optimizer = LANTON(params, lr=0.01, exact_dual_norm=False)
+    _set_grads(params, 0)
+    optimizer.step()
+
+    def refuse(*_):
+        raise AssertionError("step() read a tensor value on the host")
+
+    monkeypatch.setattr(torch.Tensor, "item", refuse)
+    monkeypatch.setattr(torch.Tensor, "__bool__", refuse)
+    monkeypatch.setattr(torch.Tensor, "__float__", refuse)
+    _set_grads(params, 1)
+    optimizer.step()
+
+
+def test_a_gradscaler_skipped_step_leaves_the_noise_alone() -> None:
+    params = _matrices()
+    optimizer = LANTON(params, lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    scaler.scale(torch.ones(()))  # initialises the scale, as scaler.scale(loss) would
+    for step in range(3):
+        _set_grads(params, step)
+        scaler.step(optimizer)
+        scaler.update()
+    before = {k: v.clone() for k, v in optimizer.noise_estimates().items()}
+    weights = [p.detach().clone() for p in params]
+    _set_grads(params, 3)
+    params[0].grad[0, 0] = float("inf")
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(torch.equal(optimizer.noise_estimates()[k], v) for k, v in before.items())
+    assert all(torch.equal(p, w) for p, w in zip(params, weights, strict=True))
+
+
+def test_loss_decreases_on_a_small_regression() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)
+    )
+    x = torch.randn(256, 8)
+    y = x[:, :1] * 2 - x[:, 1:2]
+    optimizer = LANTON(param_groups(model, lr=0.05, adamw_lr=3e-3))
+    first = None
+    for _ in range(100):
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.05 * first
+
+
+def test_vectors_in_a_spectral_group_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"shape \(4,\).*'adamw' group"):
+        LANTON([nn.Parameter(torch.zeros(4))])
+    with pytest.raises(ValueError, match=r"lmo='adam'.*'spectral', 'sign', 'adamw'"):
+        LANTON(_matrices(), lmo="adam")
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\); got 1.5"):
+        LANTON(_matrices(), momentum=1.5)
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.stem = nn.Conv1d(16, 16, 3)
+        self.conv = nn.Conv1d(16, 16, 3)
+        self.norm = nn.LayerNorm(16)
+        self.hidden = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 50, bias=False)
+        self.head.weight = self.embed.weight  # tied
+        self.position = nn.Parameter(torch.zeros(8, 16))
+
+
+def test_param_groups_by_module_type_and_name() -> None:
+    groups = {g["lmo"]: g["param_names"] for g in param_groups(_Net())}
+    assert groups["sign"] == ["embed.weight"]  # the tied head is counted once
+    assert groups["spectral"] == ["conv.weight", "hidden.weight"]
+    assert set(groups["adamw"]) == {
+        "position",
+        "stem.weight",
+        "stem.bias",
+        "conv.bias",
+        "norm.weight",
+        "norm.bias",
+        "hidden.bias",
+    }
+    with pytest.raises(ValueError, match=r"cannot classify: position \(8, 16\) in _Net"):
+        param_groups(_Net(), strict=True)
