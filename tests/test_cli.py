@@ -57,7 +57,7 @@ def test_smoke_run_prints_its_summary_and_keeps_a_checkpoint(tmp_path: Path) -> 
     ("override", "expected"),
     [
         ("recipe=nope", "Available options in 'recipe':\n\tgrokking"),
-        ("callbacks=[nope]", "Available options in 'callbacks':\n\tlr_monitor"),
+        ("callbacks=[nope]", "Available options in 'callbacks':\n\tlayerwise_lr"),
         ("callbacks=[lr_monitor,nope]", "Could not find ['nope'] in 'callbacks'"),
         ("logger=nope", "Available options in 'logger':\n\tcsv\n\twandb"),
         ("recipe.datamodule.op=pow", "op='pow' is not supported; choose one of: 'add'"),
@@ -99,3 +99,21 @@ def test_two_process_ddp_from_the_command_line(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"^\s*steps\s+20$", done.stdout, re.MULTILINE)
     assert _steps_logged(run_dir) == list(range(20))
+
+
+def test_lanton_with_its_monitor_from_the_command_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = _run(
+        tmp_path,
+        "experiment=smoke",
+        "logger=csv",
+        "optimizer=lanton",
+        "callbacks=[layerwise_lr]",
+        "trainer.max_steps=20",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (metrics,) = run_dir.glob("csv/version_*/metrics.csv")
+    header = metrics.read_text().splitlines()[0]
+    assert "layerwise_lr/lr/model.layers.0.weight" in header
+    assert list(run_dir.glob("csv/version_*/media/layerwise_lr_heatmap/step_*.png"))

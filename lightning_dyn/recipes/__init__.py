@@ -7,11 +7,23 @@ from lightning_dyn.recipes.modular_arithmetic import (
     ModularTransformer,
     modular_arithmetic_table,
 )
+from lightning_dyn.recipes.tiny_lm import (
+    STDLIB_EXCLUDED_DIRS,
+    CharCorpusDataModule,
+    TinyGPT,
+    TinyLMModule,
+    stdlib_corpus,
+)
 
 __all__ = [
+    "STDLIB_EXCLUDED_DIRS",
+    "CharCorpusDataModule",
     "ModularArithmeticDataModule",
     "ModularArithmeticModule",
     "ModularMLP",
     "ModularTransformer",
+    "TinyGPT",
+    "TinyLMModule",
     "modular_arithmetic_table",
+    "stdlib_corpus",
 ]

@@ -256,7 +256,9 @@ class ModularArithmeticModule(pl.LightningModule):
         self.validation_step(batch, batch_idx)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+        # A factory that groups parameters by module (wants_module) gets the module itself.
+        factory = self.optimizer_factory
+        return factory(self if getattr(factory, "wants_module", False) else self.parameters())
 
 
 __all__ = [

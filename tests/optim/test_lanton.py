@@ -179,3 +179,20 @@ def test_param_groups_by_module_type_and_name() -> None:
     }
     with pytest.raises(ValueError, match=r"cannot classify: position \(8, 16\) in _Net"):
         param_groups(_Net(), strict=True)
+
+
+def test_factory_groups_the_module_and_muon_mode_sends_embeddings_to_adamw() -> None:
+    from lightning_dyn.optim import LayerwiseOptimizerFactory
+
+    lanton = LayerwiseOptimizerFactory(lr=0.02, sign_lr=0.002, adamw_lr=0.003)(_Net())
+    assert {g["lmo"]: g["lr"] for g in lanton.param_groups} == {
+        "spectral": 0.02,
+        "sign": 0.002,
+        "adamw": 0.003,
+    }
+    assert lanton.adaptive
+    muon = LayerwiseOptimizerFactory(adaptive=False, embeddings_as="adamw", adamw_lr=0.003)(_Net())
+    assert [g["lmo"] for g in muon.param_groups] == ["spectral", "adamw", "adamw"]
+    assert not muon.adaptive
+    with pytest.raises(ValueError, match=r"embeddings_as='sgd'.*'sign', 'adamw'"):
+        LayerwiseOptimizerFactory(embeddings_as="sgd")
