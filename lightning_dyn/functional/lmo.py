@@ -139,8 +139,15 @@ def newton_schulz(
     if tall:
         x = x.mT
     x = x / torch.linalg.matrix_norm(x, keepdim=True).clamp_min(eps)
-    # One (batch, m, n) layout for every input: baddbmm applies the scalars in its fused kernel,
-    # which is what keeps bf16 results identical to torch.optim.Muon's addmm.
+    if x.ndim == 2:
+        # A single matrix: torch.optim.Muon's own addmm sequence (same bits, and on the CPU
+        # several times faster than a batch of one through baddbmm).
+        for _ in range(steps):
+            gram = x @ x.T  # (m, m)
+            poly = gram * b if c == 0 else torch.addmm(gram, gram, gram, beta=b, alpha=c)
+            x = torch.addmm(x, poly, x, beta=a)  # aX + (bA + cA²)X
+        return (x.T if tall else x).to(g.dtype)
+    # A batch: baddbmm applies the scalars in its fused kernel, as addmm does for one matrix.
     x = x.reshape(-1, *x.shape[-2:])  # (B, m, n), m <= n
     for _ in range(steps):
         gram = x @ x.mT  # (B, m, m)
