@@ -37,9 +37,10 @@ def test_not_adaptive_matches_torch_muon() -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
-def test_noisier_layer_gets_the_smaller_learning_rate() -> None:
+@pytest.mark.parametrize("noise_every", [1, 4])
+def test_noisier_layer_gets_the_smaller_learning_rate(noise_every: int) -> None:
     params = _matrices()
-    optimizer = LANTON(params, lr=0.01)
+    optimizer = LANTON(params, lr=0.01, noise_every=noise_every)
     for step in range(30):
         _set_grads(params, step, noise_scales=(1.0, 10.0))
         optimizer.step()
@@ -60,14 +61,15 @@ def test_equal_noise_gives_equal_rates_and_adaptive_false_gives_the_base_rate() 
     assert all(lr == pytest.approx(0.01) for lr in optimizer.effective_lrs().values())
 
 
-def test_state_dict_round_trip_is_exact() -> None:
+@pytest.mark.parametrize("noise_every", [1, 3])
+def test_state_dict_round_trip_is_exact(noise_every: int) -> None:
     params = _matrices()
-    optimizer = LANTON(params, lr=0.01)
+    optimizer = LANTON(params, lr=0.01, noise_every=noise_every)
     for step in range(20):
         _set_grads(params, step, noise_scales=(1.0, 3.0))
         optimizer.step()
     clone = [nn.Parameter(p.detach().clone()) for p in params]
-    restored = LANTON(clone, lr=0.01)
+    restored = LANTON(clone, lr=0.01, noise_every=noise_every)
     restored.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     for step in range(20, 40):
         _set_grads(params, step, noise_scales=(1.0, 3.0))
