@@ -198,3 +198,19 @@ def test_factory_groups_the_module_and_muon_mode_sends_embeddings_to_adamw() -> 
     assert not muon.adaptive
     with pytest.raises(ValueError, match=r"embeddings_as='sgd'.*'sign', 'adamw'"):
         LayerwiseOptimizerFactory(embeddings_as="sgd")
+
+
+def test_loss_decreases_on_the_registry_model(tmp_path) -> None:
+    import functools
+
+    import lightning.pytorch as pl
+    from harness import TINY_DATA, TINY_MODULE, quiet_trainer
+
+    from lightning_dyn.recipes import ModularArithmeticDataModule, ModularArithmeticModule
+
+    pl.seed_everything(0, verbose=False)
+    module = ModularArithmeticModule(**TINY_MODULE, optimizer=functools.partial(LANTON, lr=0.1))
+    trainer = quiet_trainer(tmp_path, 30)
+    trainer.fit(module, datamodule=ModularArithmeticDataModule(**TINY_DATA))
+    losses = [m["train/loss"] for _, m in trainer.logger.records if "train/loss" in m]
+    assert len(losses) == 30 and losses[-1] < 0.5 * losses[0]
