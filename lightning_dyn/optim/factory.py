@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from lightning_dyn._checks import check_choice
@@ -59,3 +60,13 @@ class LayerwiseOptimizerFactory:
                     group["lmo"] = "adamw"
                     group["lr"] = self.rates["adamw_lr"] or self.rates["lr"]
         return LANTON(groups, lr=self.rates["lr"], adaptive=self.adaptive, **self.optimizer_kwargs)
+
+
+def build_optimizer(factory: Any, module: nn.Module) -> torch.optim.Optimizer:
+    """Call an optimizer factory the way the recipes do.
+
+    A factory with ``wants_module = True`` (such as :class:`LayerwiseOptimizerFactory`) gets the
+    module, since its groups depend on module types and names; any other (e.g.
+    ``functools.partial(torch.optim.AdamW, lr=...)``) gets ``module.parameters()``.
+    """
+    return factory(module if getattr(factory, "wants_module", False) else module.parameters())

@@ -21,6 +21,7 @@ from torch.utils.data import DistributedSampler
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
 from lightning_dyn.functional.classification_losses import classification_loss
+from lightning_dyn.optim.factory import build_optimizer
 from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader
 
 OPERATIONS = ("add", "sub", "mul", "div")
@@ -256,9 +257,7 @@ class ModularArithmeticModule(pl.LightningModule):
         self.validation_step(batch, batch_idx)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # A factory that groups parameters by module (wants_module) gets the module itself.
-        factory = self.optimizer_factory
-        return factory(self if getattr(factory, "wants_module", False) else self.parameters())
+        return build_optimizer(self.optimizer_factory, self)
 
 
 __all__ = [

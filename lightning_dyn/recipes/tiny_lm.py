@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from lightning_dyn._checks import check_fraction, check_positive_int
+from lightning_dyn.optim.factory import build_optimizer
 from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader
 
 STDLIB_EXCLUDED_DIRS = frozenset(
@@ -448,8 +449,7 @@ class TinyLMModule(pl.LightningModule):
         self.log("val/bpc", loss / math.log(2), batch_size=n, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        factory = self.optimizer_factory
-        return factory(self if getattr(factory, "wants_module", False) else self.parameters())
+        return build_optimizer(self.optimizer_factory, self)
 
 
 __all__ = [
