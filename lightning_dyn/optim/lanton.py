@@ -163,7 +163,7 @@ class LANTON(torch.optim.Optimizer):
                 if measure and "prev_grad" in state:
                     norm = self._dual_norm(group["lmo"], grad - state["prev_grad"])
                     state["noise"].mul_(self.noise_beta).add_((1 - self.noise_beta) * norm**2)
-                if keep or self.noise_every == 1:
+                if keep:
                     if "prev_grad" in state:
                         state["prev_grad"].copy_(grad)
                     else:
@@ -197,8 +197,6 @@ class LANTON(torch.optim.Optimizer):
             grad = p.grad.detach().float()
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(grad)
-                state["step"] = torch.zeros((), dtype=torch.float32)
-            state["step"] += 1
             buf = state["momentum_buffer"]
             buf.lerp_(grad, 1 - group["momentum"])
             update = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
