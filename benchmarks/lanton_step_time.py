@@ -8,7 +8,7 @@ step times (the mean, since with ``noise_every=k`` one step in k carries the noi
 - ``muon``: ``torch.optim.Muon`` on the hidden matrices plus ``torch.optim.AdamW`` on the rest,
   as Muon is usually run (two optimizers, stepped one after the other);
 - ``lanton``: LANTON over :func:`lightning_dyn.optim.param_groups` with the cheap dual-norm
-  estimate (the default); ``lanton_noise_every_4``: the noise measured every 4th step;
+  estimate (the default); ``lanton_noise_every_k``: the noise measured every k-th step;
   ``lanton_exact``: with ``svdvals`` nuclear norms.
 
     python benchmarks/lanton_step_time.py --d-model 128 --n-layer 4 --steps 60
@@ -52,6 +52,7 @@ def main() -> None:
     settings = {
         "lanton": {},
         "lanton_noise_every_4": {"noise_every": 4},
+        "lanton_noise_every_8": {"noise_every": 8},
         "lanton_exact": {"exact_dual_norm": True},
     }
     models = {name: copy.deepcopy(base) for name in ("muon", *settings)}

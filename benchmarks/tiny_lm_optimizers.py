@@ -38,10 +38,16 @@ def _lanton(lr: float) -> Any:
     return LayerwiseOptimizerFactory(adaptive=True, lr=lr, sign_lr=2e-3, adamw_lr=3e-3)
 
 
+def _lanton_noise_every_8(lr: float) -> Any:
+    return LayerwiseOptimizerFactory(lr=lr, sign_lr=2e-3, adamw_lr=3e-3, noise_every=8)
+
+
 OPTIMIZERS = {
     "adamw": (_adamw, (1e-3, 3e-3, 1e-2)),
     "muon": (_muon, (0.005, 0.01, 0.02, 0.05)),
     "lanton": (_lanton, (0.01, 0.02, 0.05)),
+    # The cheaper setting of benchmarks/lanton_step_time.py, at LANTON's best lr.
+    "lanton_noise_every_8": (_lanton_noise_every_8, (0.02,)),
 }
 
 
