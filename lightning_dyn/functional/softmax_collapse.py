@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dyn._checks import check_choice
+from lightning_dyn.functional.classification_losses import CLASSIFICATION_LOSSES
 from lightning_dyn.functional.stablemax import stablemax_cross_entropy
 
 CollapseLoss = Literal["softmax", "stablemax"]
-COLLAPSE_LOSSES: tuple[str, ...] = ("softmax", "stablemax")
+COLLAPSE_LOSSES: tuple[str, ...] = tuple(CLASSIFICATION_LOSSES)
 
 
 def _cast(logits: Tensor, dtype: torch.dtype | None) -> Tensor:

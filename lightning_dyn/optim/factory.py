@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,6 +11,9 @@ from torch import nn
 from lightning_dyn._checks import check_choice
 from lightning_dyn.optim.lanton import LANTON
 from lightning_dyn.optim.param_groups import param_groups
+
+OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
+"""``params -> Optimizer``, or ``module -> Optimizer`` when it has ``wants_module = True``."""
 
 
 class LayerwiseOptimizerFactory:
@@ -62,7 +66,7 @@ class LayerwiseOptimizerFactory:
         return LANTON(groups, lr=self.rates["lr"], adaptive=self.adaptive, **self.optimizer_kwargs)
 
 
-def build_optimizer(factory: Any, module: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(factory: OptimizerFactory, module: nn.Module) -> torch.optim.Optimizer:
     """Call an optimizer factory the way the recipes do.
 
     A factory with ``wants_module = True`` (such as :class:`LayerwiseOptimizerFactory`) gets the

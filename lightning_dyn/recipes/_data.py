@@ -44,3 +44,8 @@ def tensor_loader(
 ) -> DataLoader:
     """A single-process ``DataLoader`` over ``dataset`` that fetches whole batches at once."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=keep_batch)
+
+
+def world_and_rank(trainer: Any) -> tuple[int, int]:
+    """``(world_size, global_rank)`` of a data module's trainer; ``(1, 0)`` without one."""
+    return (trainer.world_size, trainer.global_rank) if trainer else (1, 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,13 +21,11 @@ from torch.utils.data import DistributedSampler
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
 from lightning_dyn.functional.classification_losses import classification_loss
-from lightning_dyn.optim.factory import build_optimizer
-from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader
+from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
+from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader, world_and_rank
 
 OPERATIONS = ("add", "sub", "mul", "div")
 ARCHITECTURES = ("mlp", "transformer")
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 def _is_prime(n: int) -> bool:
@@ -128,9 +126,7 @@ class ModularArithmeticDataModule(pl.LightningDataModule):
         # A fresh permutation every epoch drawn from seed + epoch (Lightning calls set_epoch), so a
         # resumed run sees the same batches as one that never stopped; under DDP each rank takes
         # its shard, and the full batch is the whole training set across ranks.
-        world, rank = (
-            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        )
+        world, rank = world_and_rank(self.trainer)
         sampler = DistributedSampler(
             self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
         )

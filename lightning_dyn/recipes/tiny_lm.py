@@ -14,7 +14,7 @@ import math
 import os
 import sysconfig
 import tokenize
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from lightning_dyn._checks import check_fraction, check_positive_int
-from lightning_dyn.optim.factory import build_optimizer
-from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader
+from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
+from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader, world_and_rank
 
 STDLIB_EXCLUDED_DIRS = frozenset(
     {
@@ -47,9 +47,6 @@ STDLIB_EXCLUDED_DIRS = frozenset(
     }
 )
 """Directory names, at any depth under the standard library, that :func:`stdlib_corpus` skips."""
-
-OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
-"""``params -> Optimizer``; with ``wants_module = True`` it gets the LightningModule instead."""
 
 
 def _corpus_files(root: Path) -> list[str]:
@@ -222,9 +219,7 @@ class CharCorpusDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.train_set is not None, "call setup() first"
-        world, rank = (
-            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        )
+        world, rank = world_and_rank(self.trainer)
         sampler = _EpochWindowSampler(
             self.train_set, self.batch_size, self.steps_per_epoch, self.seed, world, rank
         )
