@@ -88,18 +88,64 @@ def log_table(
     rows: Sequence[Sequence[Any]],
     step: int | None = None,
 ) -> None:
-    """Log a table: a ``wandb.Table`` under ``key``, or a CSV file."""
+    """Log a table: a ``wandb.Table`` under ``key``, or a CSV file.
+
+    A cell may hold a PIL image: a ``wandb.Image`` in W&B; in the file fallback the image is
+    saved next to the CSV (``step_<step>_r<row>_c<column>.png``) and the cell holds its name.
+    """
     if any(len(row) != len(columns) for row in rows):
         raise ValueError(f"every row of table {key!r} must have {len(columns)} cells ({columns}).")
     step = _step(trainer, step)
     logger = wandb_logger(trainer)
     if logger is not None:
-        logger.log_table(key=key, columns=list(columns), data=[list(r) for r in rows], step=step)
+        import wandb
+
+        data = [[wandb.Image(c) if isinstance(c, Image.Image) else c for c in r] for r in rows]
+        logger.log_table(key=key, columns=list(columns), data=data, step=step)
         return
-    with _media_path(trainer, key, step, ".csv").open("w", newline="") as f:
+    path = _media_path(trainer, key, step, ".csv")
+    cells = []
+    for i, row in enumerate(rows):
+        cells.append([])
+        for j, cell in enumerate(row):
+            if isinstance(cell, Image.Image):
+                image_path = path.with_name(f"{path.stem}_r{i}_c{j}.png")
+                cell.save(image_path)
+                cell = image_path.name
+            cells[-1].append(cell)
+    with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows(cells)
+
+
+def image_grid(images: torch.Tensor, columns: int = 8, min_side: int = 32) -> Image.Image:
+    """One picture of a batch of images, each min-max scaled to [0, 1] on its own.
+
+    Args:
+        images: ``(N, H, W)`` or ``(N, C, H, W)`` with ``C`` in 1 or 3, any real dtype.
+        columns: images per row.
+        min_side: small images are enlarged (nearest neighbour) to at least this many pixels.
+    """
+    x = images.detach().cpu().float()
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
+        raise ValueError(f"images must be (N, H, W) or (N, C, H, W), C in (1, 3); got {x.shape}.")
+    low = x.amin(dim=(1, 2, 3), keepdim=True)
+    span = (x.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(1e-12)
+    x = (x - low) / span
+    scale = max(1, -(-min_side // min(x.shape[2:])))
+    x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    n, c, h, w = x.shape
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    pad = 2
+    grid = torch.ones(c, rows * (h + pad) - pad, cols * (w + pad) - pad)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[:, r * (h + pad) : r * (h + pad) + h, q * (w + pad) : q * (w + pad) + w] = x[i]
+    return to_pil(grid)
 
 
 @rank_zero_only

@@ -4,6 +4,7 @@ from lightning_dyn.functional.classification_losses import (
     CLASSIFICATION_LOSSES,
     classification_loss,
 )
+from lightning_dyn.functional.clustering import kmeans
 from lightning_dyn.functional.lmo import (
     NS_COEFFICIENTS,
     SPECTRAL_SCALES,
@@ -51,6 +52,7 @@ __all__ = [
     "direction_alignment",
     "group_gradient_cosine",
     "group_losses",
+    "kmeans",
     "l1_norm",
     "log_stablemax",
     "mean_loss_gradient",

@@ -7,6 +7,13 @@ from lightning_dyn.recipes.modular_arithmetic import (
     ModularTransformer,
     modular_arithmetic_table,
 )
+from lightning_dyn.recipes.opposing_signals import (
+    ImageMLP,
+    OpposingSignalsDataModule,
+    OpposingSignalsModule,
+    digits_images,
+    synthetic_images,
+)
 from lightning_dyn.recipes.tiny_lm import (
     STDLIB_EXCLUDED_DIRS,
     CharCorpusDataModule,
@@ -18,12 +25,17 @@ from lightning_dyn.recipes.tiny_lm import (
 __all__ = [
     "STDLIB_EXCLUDED_DIRS",
     "CharCorpusDataModule",
+    "ImageMLP",
     "ModularArithmeticDataModule",
     "ModularArithmeticModule",
     "ModularMLP",
     "ModularTransformer",
+    "OpposingSignalsDataModule",
+    "OpposingSignalsModule",
     "TinyGPT",
     "TinyLMModule",
+    "digits_images",
     "modular_arithmetic_table",
     "stdlib_corpus",
+    "synthetic_images",
 ]

@@ -1,0 +1,136 @@
+"""A fixed probe set of training examples, sharded over DDP ranks.
+
+Callbacks that re-measure the same examples during training (losses, features, gradients) draw
+them once, keep this rank's share on the device, and gather per-example results by probe
+position, so every rank sees the whole probe in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+
+def take(batch: Any, index: Tensor) -> Any:
+    """Rows ``index`` of every tensor in a (nested tuple / list / dict) batch."""
+    if isinstance(batch, Tensor):
+        return batch[index.to(batch.device)]
+    if isinstance(batch, Mapping):
+        return {k: take(v, index) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(take(v, index) for v in batch)
+    raise TypeError(f"a probe batch may hold tensors, tuples, lists and dicts; got {type(batch)}.")
+
+
+def concat(batches: Sequence[Any]) -> Any:
+    """Concatenate batches of the same structure along dimension 0."""
+    first = batches[0]
+    if isinstance(first, Tensor):
+        return torch.cat([b.cpu() for b in batches])
+    if isinstance(first, Mapping):
+        return {k: concat([b[k] for b in batches]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(concat(parts) for parts in zip(*batches, strict=True))
+    raise TypeError(f"a probe batch may hold tensors, tuples, lists and dicts; got {type(first)}.")
+
+
+def batch_length(batch: Any) -> int:
+    """Number of examples of a batch: the length of its first tensor."""
+    if isinstance(batch, Tensor):
+        return batch.shape[0]
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    return batch_length(next(iter(values)))
+
+
+@dataclass
+class Probe:
+    """The probe: ``size`` examples; this rank holds ``positions`` of them in ``batch``.
+
+    ``indices[p]`` is the dataset index of probe position ``p`` (its position in the loader when
+    the probe came from a ``DataLoader``).
+    """
+
+    size: int
+    indices: Tensor
+    positions: Tensor
+    batch: Any
+    dataset: Any = None  # fetch examples again from here ...
+    whole: Any = None  # ... or take them from the whole probe batch kept on the CPU
+
+    def examples(self, positions: Tensor, loader: DataLoader | None) -> Any:
+        """The examples at ``positions`` (CPU), for pictures in reports."""
+        if self.whole is not None:
+            return take(self.whole, positions.cpu())
+        return _fetch(self.dataset, self.indices[positions.cpu()].tolist(), loader)
+
+
+def _fetch(dataset: Any, indices: list[int], loader: DataLoader) -> Any:
+    if hasattr(dataset, "__getitems__"):
+        return loader.collate_fn(dataset.__getitems__(indices))
+    return loader.collate_fn([dataset[i] for i in indices])
+
+
+def build_probe(
+    trainer: pl.Trainer, probe: Sequence[int] | DataLoader | None, probe_size: int, seed: int
+) -> Probe:
+    """Draw the probe and move this rank's share (every ``world_size``-th position) to device.
+
+    ``probe`` is a list of training-set indices, a ``DataLoader`` read once in full, or ``None``
+    for ``probe_size`` training examples drawn at random (fixed by ``seed``), sorted by index.
+    """
+    world, rank = trainer.world_size, trainer.global_rank
+    if isinstance(probe, DataLoader):
+        full = concat(list(probe))
+        size = batch_length(full)
+        indices = torch.arange(size)
+        positions = torch.arange(rank, size, world)
+        local = trainer.strategy.batch_to_device(take(full, positions))
+        return Probe(size, indices, positions, local, whole=full if rank == 0 else None)
+    loader = trainer.train_dataloader
+    if loader is None or not hasattr(loader, "dataset"):
+        raise ValueError(
+            "the probe is drawn from the training set, which needs a map-style training "
+            f"DataLoader; got {type(loader).__name__}. Pass probe=<a DataLoader> instead."
+        )
+    dataset = loader.dataset
+    n = len(dataset)
+    if probe is None:
+        gen = torch.Generator().manual_seed(seed)
+        indices = torch.randperm(n, generator=gen)[: min(probe_size, n)].sort().values
+    else:
+        indices = torch.as_tensor(list(probe), dtype=torch.long)
+        if indices.ndim != 1 or indices.numel() == 0:
+            raise ValueError(f"probe must be a non-empty list of indices; got {list(probe)!r}.")
+        bad = indices[(indices < 0) | (indices >= n)]
+        if bad.numel():
+            raise ValueError(
+                f"probe holds indices outside the training set [0, {n}): {bad[:5].tolist()}."
+            )
+    positions = torch.arange(rank, len(indices), world)
+    local = _fetch(dataset, indices[positions].tolist(), loader)
+    local = trainer.strategy.batch_to_device(local)
+    return Probe(len(indices), indices, positions, local, dataset=dataset)
+
+
+def gather_by_position(trainer: pl.Trainer, probe: Probe, values: Tensor) -> Tensor:
+    """Assemble per-example ``values`` of this rank's share into the whole probe, on every rank.
+
+    ``values`` is ``(len(probe.positions), ...)``. Shards differ in length by at most one, so
+    they are padded to equal length for ``all_gather`` and the padding is dropped by position.
+    """
+    if trainer.world_size == 1:
+        return values
+    world = trainer.world_size
+    per_rank = -(-probe.size // world)
+    padded = values.new_zeros((per_rank, *values.shape[1:]))
+    padded[: len(values)] = values
+    gathered = trainer.strategy.all_gather(padded)  # (world, per_rank, ...)
+    # Rank r holds positions r, r + world, ...: interleave the shards back into probe order.
+    full = gathered.transpose(0, 1).reshape(per_rank * world, *values.shape[1:])
+    return full[: probe.size]
