@@ -50,7 +50,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg``, fit, and return the summary shown at the end."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.recipe.datamodule, _convert_="all")
-    optimizer = instantiate(cfg.optimizer, _convert_="all")
+    # The optimizer group (optimizer=<name>) if chosen, else the recipe's own.
+    optimizer_cfg = cfg.get("optimizer") or cfg.recipe.get("optimizer")
+    optimizer = instantiate(optimizer_cfg, _convert_="all") if optimizer_cfg else None
     module = instantiate(cfg.recipe.module, optimizer=optimizer, _convert_="all")
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = build_callbacks(cfg)
@@ -76,6 +78,10 @@ def summarize(cfg: DictConfig, trainer: pl.Trainer, wall_time: float) -> dict[st
             summary[label] = (
                 callback.crossed_at_step if callback.crossed_at_step is not None else "never"
             )
+    # Recipes and callbacks with a result worth a line of the table say so themselves.
+    for part in (trainer.datamodule, *trainer.callbacks):
+        if callable(getattr(part, "summarize", None)):
+            summary.update(part.summarize(trainer))
     summary["wall time"] = f"{wall_time:.1f} s"
     summary["run dir"] = str(Path(cfg.run_dir).resolve())
     wandb = wandb_logger(trainer)

@@ -23,6 +23,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
+from lightning_dyn._checks import check_positive_int
+
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 
 
@@ -127,6 +129,7 @@ def image_grid(images: torch.Tensor, columns: int = 8, min_side: int = 32) -> Im
         columns: images per row.
         min_side: small images are enlarged (nearest neighbour) to at least this many pixels.
     """
+    check_positive_int("columns", columns)
     x = images.detach().cpu().float()
     if x.ndim == 3:
         x = x[:, None]

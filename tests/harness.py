@@ -21,9 +21,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import MixedPrecision
 from torch.optim import Optimizer
+from user_models import UserCNN, UserImageData
 
 import lightning_dyn
-from lightning_dyn.callbacks import LayerwiseLRMonitor, PerpGrad, SoftmaxCollapseMonitor
+from lightning_dyn.callbacks import (
+    LayerwiseLRMonitor,
+    OutlierPairDetector,
+    PerpGrad,
+    SoftmaxCollapseMonitor,
+)
 from lightning_dyn.optim import LANTON
 from lightning_dyn.recipes import ModularArithmeticDataModule, ModularArithmeticModule
 
@@ -52,6 +58,9 @@ class Entry:
         ddp_atol: absolute tolerance of that comparison for parameters (float summation order
             differs).
         ddp_rtol: relative tolerance of that comparison for callback state.
+        make_module_and_data: builds a module and data module of the user's own (not from this
+            package) in place of the tiny grokking pair; ``module``/``data``/``make_optimizer``
+            do not apply then.
     """
 
     name: str
@@ -66,18 +75,21 @@ class Entry:
     ddp_matches_single: bool = True
     ddp_atol: float = 1e-5
     ddp_rtol: float = 1e-5
+    make_module_and_data: Callable[[], tuple[pl.LightningModule, Any]] | None = None
 
     @property
     def id(self) -> str:
         return f"{self.name}-{self.variant}" if self.variant else self.name
 
-    def build(self) -> tuple[ModularArithmeticModule, ModularArithmeticDataModule, list]:
+    def build(self) -> tuple[pl.LightningModule, pl.LightningDataModule, list]:
         """A fresh model, data module and callback list, seeded identically every call."""
         pl.seed_everything(1234, verbose=False)
+        callbacks = [self.make_callback()] if self.make_callback else []
+        if self.make_module_and_data is not None:
+            return (*self.make_module_and_data(), callbacks)
         optimizer = self.make_optimizer() if self.make_optimizer else None
         module = ModularArithmeticModule(**{**TINY_MODULE, **self.module}, optimizer=optimizer)
         data = ModularArithmeticDataModule(**{**TINY_DATA, **self.data})
-        callbacks = [self.make_callback()] if self.make_callback else []
         return module, data, callbacks
 
 
@@ -143,6 +155,43 @@ REGISTRY: list[Entry] = [
         ),
     ),
 ]
+
+
+# Loose thresholds so that the tiny runs flag pairs: the search, the gradient all-reduce, the
+# detections in the checkpoint and the media logging all run.
+_LOOSE_DETECTOR = {
+    "k": 6,
+    "window": 4,
+    "corr_threshold": 0.01,
+    "cos_threshold": 0.0,
+    "min_flips": 0,
+}
+REGISTRY += [
+    Entry(
+        name="OutlierPairDetector",
+        variant="user-cnn",
+        make_callback=lambda: OutlierPairDetector(**_LOOSE_DETECTOR),
+        make_module_and_data=lambda: (UserCNN(), UserImageData()),
+        expect_logged=("opposing/probe_loss", "opposing/num_groups", "opposing/pair_corr"),
+        # The correlation is of loss *changes*, differences of nearly equal float32 losses that
+        # the two ranks' half-batch forwards round differently.
+        ddp_rtol=1e-3,
+    ),
+    Entry(
+        name="OutlierPairDetector",
+        variant="group-fn-sketch",
+        make_callback=lambda: OutlierPairDetector(
+            every_n_steps=2, group_fn=_label_groups, sketch_dim=64, **_LOOSE_DETECTOR
+        ),
+        expect_logged=("opposing/probe_loss", "opposing/num_flagged"),
+        ddp_rtol=1e-3,
+    ),
+]
+
+
+def _label_groups(indices: torch.Tensor, batch: Any) -> torch.Tensor:
+    """Groups by label: a ``group_fn`` as a user would write it."""
+    return batch[1]
 
 
 def exported_names() -> set[str]:

@@ -180,6 +180,8 @@ class OutlierPairDetector(pl.Callback):
         self._evaluations = 0
         self._last_step = -1
         self._last_media = -window
+        self._num_detections = 0
+        self._first_detection: tuple[int, str, str] | None = None
 
     @property
     def state_key(self) -> str:
@@ -340,6 +342,9 @@ class OutlierPairDetector(pl.Callback):
             metrics["pair_grad_cos"] = report_cos
         records = [self._record(int(steps[-1]), names, groups, steps, series, *f) for f in flagged]
         self.detections.extend(records)
+        self._num_detections += len(records)
+        if records and self._first_detection is None:
+            self._first_detection = (records[0]["step"], *records[0]["groups"])
         if records and self._evaluations - self._last_media >= self.window:
             self._last_media = self._evaluations
             log_detection(trainer, self._probe, records, self.max_media_examples)
@@ -421,6 +426,17 @@ class OutlierPairDetector(pl.Callback):
         found = {i for record in self.detections for part in record["indices"] for i in part}
         return sorted(found)
 
+    def summarize(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """Lines for the end-of-run summary of the ``lightning-dyn`` CLI."""
+        if self._first_detection is None:
+            return {"opposing pairs flagged": "none"}
+        step, group_a, group_b = self._first_detection
+        return {
+            "opposing pairs flagged": f"{self._num_detections}, first at step {step}: "
+            f"{group_a} vs {group_b}",
+            f"examples in the last {len(self.detections)} pairs": len(self.flagged_indices()),
+        }
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "losses": None if self._losses is None else self._losses.clone(),
@@ -429,6 +445,8 @@ class OutlierPairDetector(pl.Callback):
             "last_step": self._last_step,
             "last_media": self._last_media,
             "detections": list(self.detections),
+            "num_detections": self._num_detections,
+            "first_detection": self._first_detection,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -439,6 +457,8 @@ class OutlierPairDetector(pl.Callback):
         self._last_media = state_dict["last_media"]
         self.detections.clear()
         self.detections.extend(state_dict["detections"])
+        self._num_detections = state_dict["num_detections"]
+        self._first_detection = state_dict["first_detection"]
 
 
 def _per_example(losses: Tensor) -> Tensor:

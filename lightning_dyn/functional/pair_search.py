@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_positive_int
-from lightning_dyn.functional.clustering import kmeans
+from lightning_dyn.functional.clustering import _distances, kmeans
 
 
 def _check_series(series: Tensor) -> None:
@@ -41,9 +41,11 @@ def group_loss_series(window: Tensor, groups: Tensor, num_groups: int) -> Tensor
             f"window must be (T, M) and groups (M,); got {tuple(window.shape)} and "
             f"{tuple(groups.shape)}."
         )
+    bad = (groups < -1) | (groups >= num_groups)
+    if bad.any():
+        got = int(groups[bad][0])
+        raise ValueError(f"groups must hold ids in [-1, {num_groups}); got {got}.")
     keep = groups >= 0
-    if keep.any() and int(groups.max()) >= num_groups:
-        raise ValueError(f"groups must hold ids in [-1, {num_groups}); got {int(groups.max())}.")
     idx = groups[keep].long()
     sums = torch.zeros(window.shape[0], num_groups, dtype=torch.float64, device=window.device)
     sums.index_add_(1, idx, window[:, keep].double())
@@ -137,10 +139,12 @@ def feature_groups(
     feats = features.double()
     labels, centroids = kmeans(feats[members], n_clusters, seed=seed)
     centroids = centroids.to(feats)
+    # Exact distances (no matrix-product shortcut), and the radius read from the same matrix: an
+    # example equal to a cluster's farthest member lies exactly on the radius and must join.
+    dist = _distances(feats, centroids)
     radius = torch.zeros(len(centroids), dtype=feats.dtype, device=feats.device)
-    member_dist = (feats[members] - centroids[labels]).norm(dim=1)
+    member_dist = dist[members].gather(1, labels[:, None])[:, 0]
     radius.scatter_reduce_(0, labels, member_dist, reduce="amax")
-    dist = torch.cdist(feats, centroids)
     nearest = dist.argmin(dim=1)
     cluster = torch.where(dist.gather(1, nearest[:, None])[:, 0] <= radius[nearest], nearest, -1)
     cluster[members] = labels  # members keep their fitted cluster

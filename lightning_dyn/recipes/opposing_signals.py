@@ -63,7 +63,7 @@ class OpposingSignalsDataModule(pl.LightningDataModule):
     Args:
         dataset: ``synthetic`` or ``digits``.
         planted: whether to plant the patch; ``False`` is the control.
-        num_classes: classes of the synthetic data (digits has 10).
+        num_classes: number of classes: any for ``synthetic``, 10 for ``digits``.
         per_class: training examples per class of the synthetic data.
         noise: standard deviation of the synthetic pixel noise.
         planted_classes: the two classes whose subsets get the patch.
@@ -100,8 +100,12 @@ class OpposingSignalsDataModule(pl.LightningDataModule):
         check_positive_int("patch_size", patch_size)
         if patch_size > SIDE:
             raise ValueError(f"patch_size must be at most {SIDE}; got {patch_size}.")
+        if dataset == "digits" and num_classes != 10:
+            raise ValueError(
+                f"dataset='digits' has 10 classes: set num_classes=10; got {num_classes}."
+            )
         planted_classes = tuple(planted_classes)
-        n_classes = 10 if dataset == "digits" else num_classes
+        n_classes = num_classes
         if (
             len(planted_classes) != 2
             or len(set(planted_classes)) != 2
@@ -152,6 +156,31 @@ class OpposingSignalsDataModule(pl.LightningDataModule):
                 x[idx, patch, patch] = self.patch_value
         self.train_set = TensorBatchDataset(x[:, None], y)
         self.val_set = TensorBatchDataset(images[val][:, None].clone(), labels[val])
+
+    def planted_indices(self) -> list[int]:
+        """Training-set indices of the patched examples (the would-be patched, if not planted)."""
+        assert self.planted_a is not None, "call setup() first"
+        return sorted(self.planted_a.tolist() + self.planted_b.tolist())
+
+    def score(self, reported: Sequence[int]) -> dict[str, float]:
+        """Precision and recall of ``reported`` training indices against the planted ones."""
+        truth, found = set(self.planted_indices()), set(reported)
+        hits = len(truth & found) if self.planted else 0
+        return {
+            "precision": hits / len(found) if found else float("nan"),
+            "recall": hits / len(truth) if self.planted else float("nan"),
+        }
+
+    def summarize(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """Scores of an ``OutlierPairDetector`` among the trainer's callbacks, for the CLI."""
+        from lightning_dyn.callbacks import OutlierPairDetector
+
+        detectors = [c for c in trainer.callbacks if isinstance(c, OutlierPairDetector)]
+        if not detectors:
+            return {}
+        scores = self.score(detectors[0].flagged_indices())
+        label = "vs planted" if self.planted else "(control: nothing planted)"
+        return {f"detector {k} {label}": v for k, v in scores.items()}
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.train_set is not None, "call setup() first"
