@@ -153,7 +153,10 @@ class OutlierPairDetector(pl.Callback):
                 f"min_flips must be at most window - 2 = {window - 2} (the most sign flips "
                 f"{window} evaluations can hold); got {min_flips}."
             )
-        if probe is not None and not isinstance(probe, DataLoader | Sequence | Tensor):
+        valid_probe = isinstance(probe, DataLoader | Sequence | Tensor) and not isinstance(
+            probe, str
+        )
+        if probe is not None and not valid_probe:
             raise ValueError(
                 f"probe must be a list of training-set indices, a DataLoader or None; got "
                 f"{type(probe).__name__}."
