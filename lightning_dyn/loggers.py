@@ -122,7 +122,7 @@ def log_table(
 
 
 def image_grid(images: torch.Tensor, columns: int = 8, min_side: int = 32) -> Image.Image:
-    """One picture of a batch of images, each min-max scaled to [0, 1] on its own.
+    """One picture of a batch of images, each min-max scaled to [0, 1] on its own, 2 px apart.
 
     Args:
         images: ``(N, H, W)`` or ``(N, C, H, W)`` with ``C`` in 1 or 3, any real dtype.
@@ -144,7 +144,8 @@ def image_grid(images: torch.Tensor, columns: int = 8, min_side: int = 32) -> Im
     cols = min(columns, n)
     rows = -(-n // cols)
     pad = 2
-    grid = torch.ones(c, rows * (h + pad) - pad, cols * (w + pad) - pad)
+    # Mid-grey gaps: a white or black gap would merge with white or black image borders.
+    grid = torch.full((c, rows * (h + pad) - pad, cols * (w + pad) - pad), 0.5)
     for i in range(n):
         r, q = divmod(i, cols)
         grid[:, r * (h + pad) : r * (h + pad) + h, q * (w + pad) : q * (w + pad) + w] = x[i]

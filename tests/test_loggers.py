@@ -108,12 +108,12 @@ def _scaled(image: np.ndarray) -> np.ndarray:
 
 
 def _reference_grid(images: np.ndarray, columns: int, scale: int, pad: int = 2) -> np.ndarray:
-    """``(C, H, W)`` uint8 grid: nearest-neighbour enlarged tiles on a white background."""
+    """``(C, H, W)`` uint8 grid: nearest-neighbour enlarged tiles on a mid-grey background."""
     n, c, h, w = images.shape
     h, w = h * scale, w * scale
     cols = min(columns, n)
     rows = -(-n // cols)
-    grid = np.full((c, rows * (h + pad) - pad, cols * (w + pad) - pad), 255, dtype=np.uint8)
+    grid = np.full((c, rows * (h + pad) - pad, cols * (w + pad) - pad), 128, dtype=np.uint8)
     for i in range(n):
         tile = np.kron(_scaled(images[i]), np.ones((1, scale, scale), dtype=np.uint8))
         r, q = i // cols, i % cols

@@ -62,10 +62,10 @@ class OutlierPairDetector(pl.Callback):
     Logged every evaluation: ``opposing/probe_loss``; every search: ``opposing/num_groups``,
     ``opposing/num_flagged``, and for the reported pair (the first flagged one, else the most
     antiphase one) ``opposing/pair_corr``, ``opposing/group_loss_a``, ``opposing/group_loss_b``
-    and, when its gradients were compared, ``opposing/pair_grad_cos``. For each search that
-    flags a pair, at most once per ``window`` evaluations, a table of the flagged pairs with
-    pictures of their examples (or raw rows) and a figure of the two groups' losses over the
-    window go to W&B, or to files under the logger's directory (``lightning_dyn.loggers``).
+    and, when its gradients were compared, ``opposing/pair_grad_cos``. On the first search that
+    flags a pair, then at most once per ``report_every`` evaluations, a table of the flagged
+    pairs with pictures of their examples (or raw rows) and a figure of the two groups' losses
+    over the window go to W&B, or to files under the logger's directory (``lightning_dyn.loggers``).
 
     ``detections`` keeps the last ``max_detections`` flagged pairs with the dataset indices of
     their examples; it and the ring buffer are saved in checkpoints, so a resumed run continues
@@ -100,6 +100,8 @@ class OutlierPairDetector(pl.Callback):
             and ``batch[1]``.
         batch_size: examples per forward pass on the probe.
         max_media_examples: examples pictured per group in the table.
+        report_every: evaluations between two reports (table and figure); a report costs about
+            0.1-0.3 s, so one per step would dominate the cost of the detector.
         max_detections: detections kept in ``detections`` (and in checkpoints).
         seed: seed of the probe draw, k-means and the gradient sketch.
     """
@@ -126,6 +128,7 @@ class OutlierPairDetector(pl.Callback):
         logits_fn: LogitsFn | None = None,
         batch_size: int = 1024,
         max_media_examples: int = 8,
+        report_every: int = 100,
         max_detections: int = 64,
         seed: int = 0,
     ) -> None:
@@ -141,6 +144,7 @@ class OutlierPairDetector(pl.Callback):
             ("max_pairs", max_pairs, 1),
             ("batch_size", batch_size, 1),
             ("max_media_examples", max_media_examples, 0),
+            ("report_every", report_every, 1),
             ("max_detections", max_detections, 1),
         ):
             check_positive_int(name, value, minimum)
@@ -172,6 +176,7 @@ class OutlierPairDetector(pl.Callback):
         self.min_group_size, self.max_pairs = min_group_size, max_pairs
         self.loss_fn, self.logits_fn = loss_fn, logits_fn or forward_first_input
         self.batch_size, self.max_media_examples = batch_size, max_media_examples
+        self.report_every = report_every
         self.seed = seed
         self.detections: deque[dict[str, Any]] = deque(maxlen=max_detections)
         self._capture = FeatureCapture()
@@ -182,7 +187,7 @@ class OutlierPairDetector(pl.Callback):
         self._steps = torch.full((window,), -1, dtype=torch.long)
         self._evaluations = 0
         self._last_step = -1
-        self._last_media = -window
+        self._last_media: int | None = None
         self._num_detections = 0
         self._first_detection: tuple[int, str, str] | None = None
 
@@ -348,7 +353,8 @@ class OutlierPairDetector(pl.Callback):
         self._num_detections += len(records)
         if records and self._first_detection is None:
             self._first_detection = (records[0]["step"], *records[0]["groups"])
-        if records and self._evaluations - self._last_media >= self.window:
+        due = self._last_media is None or self._evaluations - self._last_media >= self.report_every
+        if records and due:
             self._last_media = self._evaluations
             log_detection(trainer, self._probe, records, self.max_media_examples)
         return metrics
