@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
@@ -139,6 +140,18 @@ def check_list_overrides(argv: list[str]) -> str | None:
 def _hydra_main(cfg: DictConfig) -> None:
     summary = train(cfg)
     print_summary(f"lightning-dyn: recipe={cfg.recipe.name}", summary)
+    close_process_group()
+
+
+def close_process_group() -> None:
+    """Destroy the DDP process group that Lightning leaves open, all ranks together.
+
+    Left to the interpreter's exit, gloo's threads can be destroyed while still joinable and
+    abort a worker ("terminate called without an active exception") after a successful run.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def main() -> None:
