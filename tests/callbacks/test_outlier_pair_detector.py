@@ -263,3 +263,21 @@ def test_digits_option_trains_offline(tmp_path: Path) -> None:
     trainer = quiet_trainer(tmp_path, 3, limit_val_batches=0)
     trainer.fit(OpposingSignalsModule(num_classes=10, optimizer=optimizer), datamodule=data)
     assert trainer.global_step == 3
+
+
+def test_report_goes_to_an_offline_wandb_run(tmp_path: Path, monkeypatch) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(project="lightning-dyn-tests", save_dir=str(tmp_path), offline=True)
+    module, data = _user_pair()
+    detector = _loose()
+    trainer = quiet_trainer(tmp_path, 8, callbacks=[detector], logger=logger)
+    trainer.fit(module, train_dataloaders=data.train_dataloader())
+    run_files = Path(logger.experiment.dir)
+    logger.experiment.finish()
+    assert detector.detections
+    media = run_files / "media"
+    assert list((media / "table" / "opposing").glob("pairs_*.table.json"))
+    assert list((media / "images" / "opposing").glob("loss_curves_*.png"))
+    assert not (tmp_path / "media").exists()
