@@ -181,7 +181,8 @@ class OutlierPairDetector(pl.Callback):
         self.detections: deque[dict[str, Any]] = deque(maxlen=max_detections)
         self._capture = FeatureCapture()
         self._probe: Probe | None = None
-        self._targets: Tensor | None = None
+        self._targets: Tensor | None = None  # integer class targets of the probe, if any
+        self._targets_read = False
         self._user_groups: Tensor | None = None
         self._losses: Tensor | None = None  # (window, probe) ring buffer, CPU
         self._steps = torch.full((window,), -1, dtype=torch.long)
@@ -198,7 +199,8 @@ class OutlierPairDetector(pl.Callback):
     # --- lifecycle ------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._probe = None  # a new fit may bring new data: draw the probe again
+        # A new fit may bring new data: draw the probe and read its targets again.
+        self._probe, self._targets, self._targets_read = None, None, False
         if self.group_fn is not None:
             return
         name = self.feature_module or last_linear_name(pl_module)
@@ -282,7 +284,8 @@ class OutlierPairDetector(pl.Callback):
         self._capture.capturing = False
         local = torch.cat(losses).float()
         full = gather_by_position(trainer, probe, local).cpu()
-        if self._targets is None:
+        if not self._targets_read:
+            self._targets_read = True
             target = torch.cat(targets)
             usable = target.ndim == 1 and not target.is_floating_point()
             self._targets = gather_by_position(trainer, probe, target).cpu() if usable else None
