@@ -28,6 +28,7 @@ from lightning_dyn.callbacks import (
     LayerwiseLRMonitor,
     OutlierPairDetector,
     PerpGrad,
+    SharpnessMonitor,
     SoftmaxCollapseMonitor,
 )
 from lightning_dyn.optim import LANTON
@@ -58,6 +59,7 @@ class Entry:
         ddp_atol: absolute tolerance of that comparison for parameters (float summation order
             differs).
         ddp_rtol: relative tolerance of that comparison for callback state.
+        ddp_state_atol: absolute tolerance added to it (for vectors with entries near zero).
         make_module_and_data: builds a module and data module of the user's own (not from this
             package) in place of the tiny grokking pair; ``module``/``data``/``make_optimizer``
             do not apply then.
@@ -75,6 +77,7 @@ class Entry:
     ddp_matches_single: bool = True
     ddp_atol: float = 1e-5
     ddp_rtol: float = 1e-5
+    ddp_state_atol: float = 0.0
     make_module_and_data: Callable[[], tuple[pl.LightningModule, Any]] | None = None
 
     @property
@@ -188,6 +191,41 @@ REGISTRY += [
     ),
 ]
 
+REGISTRY += [
+    Entry(
+        name="SharpnessMonitor",
+        # The tiny grokking model trains with AdamW: the preconditioned path, measured from
+        # step 2 on (Adam has a preconditioner only after its first step).
+        make_callback=lambda: SharpnessMonitor(every_n_steps=2, n_eigs=2, tol=1e-4),
+        expect_logged=(
+            "sharpness/lambda_1",
+            "sharpness/lambda_2",
+            "sharpness/preconditioned_lambda_1",
+            "sharpness/ratio",
+            "sharpness/hvps",
+        ),
+        # Eigenvectors converge to tol, not to the last bit: DDP's summation order moves them.
+        ddp_rtol=1e-2,
+        ddp_state_atol=1e-4,
+    ),
+    Entry(
+        name="SharpnessMonitor",
+        variant="user-cnn-momentum-trace-density",
+        make_callback=lambda: SharpnessMonitor(
+            every_n_steps=3, smallest=True, trace_samples=4, density_steps=4, density_vectors=2
+        ),
+        make_module_and_data=lambda: (UserCNN(momentum=0.9), UserImageData()),
+        expect_logged=(
+            "sharpness/lambda_1",
+            "sharpness/lambda_min",
+            "sharpness/trace",
+            "sharpness/threshold",
+        ),
+        ddp_rtol=1e-2,
+        ddp_state_atol=1e-4,
+    ),
+]
+
 
 def _label_groups(indices: torch.Tensor, batch: Any) -> torch.Tensor:
     """Groups by label: a ``group_fn`` as a user would write it."""
@@ -279,28 +317,31 @@ def callback_states(trainer: pl.Trainer) -> dict[str, Any]:
     }
 
 
-def assert_same(actual: Any, expected: Any, path: str = "", rtol: float = 0.0) -> None:
+def assert_same(
+    actual: Any, expected: Any, path: str = "", rtol: float = 0.0, atol: float = 0.0
+) -> None:
     """Equality of nested dicts/lists/tensors/numbers, with the path of the first miss.
 
     Exact by default; ``rtol > 0`` compares floats and floating tensors to that relative
-    tolerance (integers, bools and strings stay exact).
+    tolerance plus ``atol`` (integers, bools and strings stay exact).
     """
     if isinstance(expected, Mapping):
         assert isinstance(actual, Mapping) and set(actual) == set(expected), path
         for key in expected:
-            assert_same(actual[key], expected[key], f"{path}/{key}", rtol)
+            assert_same(actual[key], expected[key], f"{path}/{key}", rtol, atol)
     elif isinstance(expected, (list, tuple)):
         assert len(actual) == len(expected), path
         for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
-            assert_same(a, e, f"{path}[{i}]", rtol)
+            assert_same(a, e, f"{path}[{i}]", rtol, atol)
     elif isinstance(expected, torch.Tensor):
         if rtol and expected.is_floating_point():
-            torch.testing.assert_close(actual, expected, rtol=rtol, atol=0.0, msg=path)
+            torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=path)
         else:
             assert torch.equal(actual, expected), f"{path}: {actual} != {expected}"
     elif isinstance(expected, float) and math.isnan(expected):
         assert math.isnan(actual), path
     elif isinstance(expected, float) and rtol:
-        assert math.isclose(actual, expected, rel_tol=rtol), f"{path}: {actual} != {expected}"
+        close = math.isclose(actual, expected, rel_tol=rtol, abs_tol=atol)
+        assert close, f"{path}: {actual} != {expected}"
     else:
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"

@@ -16,9 +16,11 @@ from torch.utils.data import DataLoader, TensorDataset
 class UserCNN(pl.LightningModule):
     """A small convolutional classifier of ``(N, 1, 8, 8)`` images."""
 
-    def __init__(self, num_classes: int = 3, lr: float = 0.05, batch_norm: bool = False):
+    def __init__(
+        self, num_classes: int = 3, lr: float = 0.05, batch_norm: bool = False, momentum=0.0
+    ):
         super().__init__()
-        self.lr = lr
+        self.lr, self.momentum = lr, momentum
         self.features = nn.Sequential(
             nn.Conv2d(1, 8, 3, padding=1),
             nn.BatchNorm2d(8) if batch_norm else nn.Identity(),
@@ -42,7 +44,7 @@ class UserCNN(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum)
 
 
 class UserImageData(pl.LightningDataModule):

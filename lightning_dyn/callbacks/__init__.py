@@ -3,6 +3,7 @@
 from lightning_dyn.callbacks.layerwise_lr import LayerwiseLRMonitor
 from lightning_dyn.callbacks.outlier_pairs import OutlierPairDetector
 from lightning_dyn.callbacks.perp_grad import PerpGrad
+from lightning_dyn.callbacks.sharpness import SharpnessMonitor
 from lightning_dyn.callbacks.softmax_collapse import SoftmaxCollapseMonitor
 from lightning_dyn.callbacks.threshold_crossing import ThresholdCrossing
 
@@ -10,6 +11,7 @@ __all__ = [
     "LayerwiseLRMonitor",
     "OutlierPairDetector",
     "PerpGrad",
+    "SharpnessMonitor",
     "SoftmaxCollapseMonitor",
     "ThresholdCrossing",
 ]

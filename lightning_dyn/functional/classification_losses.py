@@ -23,3 +23,13 @@ def classification_loss(name: str) -> LossFn:
     """The loss registered under ``name`` in :data:`CLASSIFICATION_LOSSES`."""
     check_choice("loss", name, CLASSIFICATION_LOSSES)
     return CLASSIFICATION_LOSSES[name]
+
+
+def one_hot_square_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``mean_i ½ ||logits_i - onehot(y_i)||²``: the square loss of Cohen et al. (2103.00065).
+
+    Summed over classes and averaged over examples, so its Hessian is ``JᵀJ / N`` plus the
+    residual term, the convention of the edge-of-stability experiments.
+    """
+    one_hot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
+    return 0.5 * (logits - one_hot).pow(2).sum(dim=-1).mean()

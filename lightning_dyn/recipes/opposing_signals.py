@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
+from lightning_dyn.functional.classification_losses import one_hot_square_loss
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
 from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader, world_and_rank
 
@@ -195,14 +196,25 @@ class OpposingSignalsDataModule(pl.LightningDataModule):
         return tensor_loader(self.val_set, len(self.val_set))
 
 
-class ImageMLP(nn.Module):
-    """Flattened image -> hidden ReLU layers -> logits; ``head`` is the last layer."""
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+LOSSES = {"cross_entropy": F.cross_entropy, "square": one_hot_square_loss}
 
-    def __init__(self, in_features: int, hidden_sizes: Sequence[int], num_classes: int):
+
+class ImageMLP(nn.Module):
+    """Flattened image -> hidden layers -> logits; ``head`` is the last layer."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_sizes: Sequence[int],
+        num_classes: int,
+        activation: str = "relu",
+    ):
         super().__init__()
+        check_choice("activation", activation, ACTIVATIONS)
         layers: list[nn.Module] = [nn.Flatten()]
         for n_in, n_out in zip([in_features, *hidden_sizes], hidden_sizes, strict=False):
-            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+            layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else in_features, num_classes)
 
@@ -220,6 +232,8 @@ class OpposingSignalsModule(pl.LightningModule):
     Args:
         num_classes: number of classes; must match the data module.
         hidden_sizes: hidden widths.
+        activation: ``relu`` or ``tanh`` (the edge-of-stability experiment's network).
+        loss: ``cross_entropy`` or ``square`` (``½||logits - onehot||²``, Cohen et al.).
         optimizer: a factory ``params -> Optimizer``; default full-batch gradient descent
             ``SGD(lr=0.03)``, large enough for the planted pair to oscillate and small enough
             for the clean data to train stably.
@@ -230,13 +244,17 @@ class OpposingSignalsModule(pl.LightningModule):
         num_classes: int = 4,
         hidden_sizes: Sequence[int] = (128, 128),
         optimizer: OptimizerFactory | None = None,
+        activation: str = "relu",
+        loss: str = "cross_entropy",
     ) -> None:
         super().__init__()
         check_positive_int("num_classes", num_classes, minimum=2)
+        check_choice("loss", loss, LOSSES)
+        self.loss_fn = LOSSES[loss]
         for width in hidden_sizes:
             check_positive_int("hidden_sizes[i]", width)
         self.save_hyperparameters(ignore=["optimizer"])
-        self.model = ImageMLP(SIDE * SIDE, tuple(hidden_sizes), num_classes)
+        self.model = ImageMLP(SIDE * SIDE, tuple(hidden_sizes), num_classes, activation)
         self.optimizer_factory = optimizer or _default_optimizer()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -245,7 +263,7 @@ class OpposingSignalsModule(pl.LightningModule):
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = self.loss_fn(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()
         n = len(labels)
         self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True, prog_bar=True)
