@@ -133,6 +133,10 @@ class HessianOperator:
         method: ``"double_backward"`` or ``"forward_over_reverse"`` (see the module docstring).
         dtype: Floating dtype of the returned products (float32 by default; float64 for
             reference checks with a float64 model).
+        keep_graph: With ``"double_backward"``, keep each batch's gradient graph after the
+            first product and reuse it, so later products cost one backward pass instead of a
+            forward and two backward passes (about half the time). Memory: every batch's graph
+            stays alive until :meth:`release`. The parameters must not change in between.
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class HessianOperator:
         params: Iterable[Tensor] | None = None,
         method: str = "double_backward",
         dtype: torch.dtype = torch.float32,
+        keep_graph: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
@@ -175,6 +180,12 @@ class HessianOperator:
         self.device = self.params[0].device
         self.dim = sum(p.numel() for p in self.params)
         self.num_hvps = 0
+        if keep_graph and method != "double_backward":
+            raise ValueError(
+                f"keep_graph=True applies to method='double_backward' only; got method={method!r}."
+            )
+        self.keep_graph = bool(keep_graph)
+        self._kept: dict[int, list[Tensor | None]] = {}
         self._sizes = [p.numel() for p in self.params]
         sizes = [_batch_size(b) for b in batches]
         if all(s is not None for s in sizes) and sum(sizes) > 0:  # type: ignore[arg-type]
@@ -254,10 +265,10 @@ class HessianOperator:
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         product = self._double_backward if self.method == "double_backward" else self._fwd_rev
         with torch.enable_grad(), _autocast_off(self.device):
-            for batch, weight in zip(self.batches, self._weights, strict=True):
+            for index, (batch, weight) in enumerate(zip(self.batches, self._weights, strict=True)):
                 if weight == 0.0:
                     continue  # an empty batch: its mean loss would be NaN
-                hv = product(batch, vs)
+                hv = product(batch, vs, index)
                 flat = torch.cat(
                     [
                         torch.zeros(p.numel(), dtype=self.dtype, device=self.device)
@@ -279,18 +290,28 @@ class HessianOperator:
             raise ValueError(f"loss_fn must return a scalar tensor; got {shape}.")
         return loss
 
-    def _double_backward(self, batch: Any, vs: list[Tensor]) -> Sequence[Tensor | None]:
-        loss = self._loss(self.model, batch)
-        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+    def release(self) -> None:
+        """Free the gradient graphs kept by ``keep_graph``."""
+        self._kept.clear()
+
+    def _double_backward(self, batch: Any, vs: list[Tensor], index: int) -> Sequence[Tensor | None]:
+        grads = self._kept.get(index)
+        if grads is None:
+            loss = self._loss(self.model, batch)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+            if self.keep_graph:
+                self._kept[index] = list(grads)
         # A gradient that is None (unused parameter) or has no graph (loss linear in it)
         # contributes nothing to H v.
         terms = [(g * x).sum() for g, x in zip(grads, vs, strict=True) if g is not None]
         terms = [t for t in terms if t.requires_grad]
         if not terms:
             return [None] * len(self.params)
-        return torch.autograd.grad(sum(terms), self.params, allow_unused=True)
+        return torch.autograd.grad(
+            sum(terms), self.params, allow_unused=True, retain_graph=self.keep_graph
+        )
 
-    def _fwd_rev(self, batch: Any, vs: list[Tensor]) -> Sequence[Tensor | None]:
+    def _fwd_rev(self, batch: Any, vs: list[Tensor], index: int) -> Sequence[Tensor | None]:
         buffers = dict(self.model.named_buffers())
         model, names = self.model, self._names
 

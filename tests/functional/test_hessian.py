@@ -113,6 +113,28 @@ def test_hvp_methods_agree(mlp_problem: SimpleNamespace) -> None:
     assert (a - b).norm() <= 1e-6 * a.norm()
 
 
+def test_keep_graph_reuses_the_gradient_graph(mlp_problem: SimpleNamespace) -> None:
+    x, y = mlp_problem.x, mlp_problem.y
+    batches = [(x[:20], y[:20]), (x[20:], y[20:])]
+    kept = HessianOperator(mlp_problem.model, _ce, batches, dtype=F64, keep_graph=True)
+    forwards = []
+    handle = mlp_problem.model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        for seed in (5, 6, 7):
+            v = torch.randn(368, generator=_gen(seed), dtype=F64)
+            hv = kept.matvec(v)
+            assert (hv - mlp_problem.hessian @ v).norm() <= 1e-10 * hv.norm()
+    finally:
+        handle.remove()
+    assert len(forwards) == 2  # one forward per batch, on the first product only
+    kept.release()
+    assert not kept._kept
+    with pytest.raises(ValueError, match=r"keep_graph=True applies to method='double_backward'"):
+        HessianOperator(
+            mlp_problem.model, _ce, batches, method="forward_over_reverse", keep_graph=True
+        )
+
+
 def test_batches_without_a_size_get_equal_weights(mlp_problem: SimpleNamespace) -> None:
     x, y, model = mlp_problem.x, mlp_problem.y, mlp_problem.model
     v = torch.randn(368, generator=_gen(4), dtype=F64)
