@@ -117,3 +117,42 @@ def test_lanton_with_its_monitor_from_the_command_line(tmp_path: Path) -> None:
     header = metrics.read_text().splitlines()[0]
     assert "layerwise_lr/lr/model.layers.0.weight" in header
     assert list(run_dir.glob("csv/version_*/media/layerwise_lr_heatmap/step_*.png"))
+
+
+def test_opposing_signals_recipe_reports_its_detector(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = _run(
+        tmp_path,
+        "recipe=opposing_signals",
+        "logger=csv",
+        "trainer.max_steps=250",
+        "recipe.callbacks.opposing.report_every=1000",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # With the CLI's seed 42 the planted pair is flagged from step 122; every flagged example
+    # is a planted one.
+    assert re.search(r"detector precision vs planted\s+1$", done.stdout, re.MULTILINE)
+    assert re.search(r"opposing pairs flagged\s+\d+, first at step \d+", done.stdout)
+    assert list(run_dir.glob("csv/version_*/media/opposing_pairs/step_*.csv"))
+
+
+def test_edge_of_stability_experiment_measures_sharpness(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    run_dir = tmp_path / "run"
+    done = _run(
+        tmp_path,
+        "experiment=edge_of_stability",
+        "logger=csv",
+        "trainer.max_steps=30",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (metrics,) = run_dir.glob("csv/version_*/metrics.csv")
+    with metrics.open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("sharpness/lambda_1")]
+    assert len(rows) == 3  # steps 10, 20, 30
+    assert all(float(r["sharpness/threshold"]) == 20.0 for r in rows)  # 2/η, η = 0.1
+    # Progressive sharpening has begun, well below the edge this early.
+    lambdas = [float(r["sharpness/lambda_1"]) for r in rows]
+    assert lambdas == sorted(lambdas) and 5 < lambdas[0] < 20
