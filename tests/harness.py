@@ -26,6 +26,7 @@ from user_models import UserCNN, UserImageData
 import lightning_dyn
 from lightning_dyn.callbacks import (
     LayerwiseLRMonitor,
+    NeuralCollapseMonitor,
     OutlierPairDetector,
     PerpGrad,
     SharpnessMonitor,
@@ -223,6 +224,27 @@ REGISTRY += [
         ),
         ddp_rtol=1e-2,
         ddp_state_atol=1e-4,
+    ),
+]
+
+REGISTRY += [
+    Entry(
+        name="NeuralCollapseMonitor",
+        # Full batch: one step per epoch. Each DDP rank reads its shard of the training set and
+        # torchmetrics sums the statistics, so the metrics are those of the whole set.
+        make_callback=lambda: NeuralCollapseMonitor(every_n_epochs=2),
+        expect_logged=("nc/nc1", "nc/nc4", "nc/nc3", "nc/gram_distance", "nc/cdnv"),
+        ddp_rtol=1e-4,
+        ddp_state_atol=1e-6,
+    ),
+    Entry(
+        name="NeuralCollapseMonitor",
+        variant="user-cnn-lagged",
+        make_callback=lambda: NeuralCollapseMonitor(nc4="lagged", figure=False),
+        make_module_and_data=lambda: (UserCNN(), UserImageData()),
+        expect_logged=("nc/nc1", "nc/nc4", "nc/equinorm_classifier"),
+        ddp_rtol=1e-4,
+        ddp_state_atol=1e-6,
     ),
 ]
 

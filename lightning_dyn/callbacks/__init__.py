@@ -1,6 +1,7 @@
 """Lightning callbacks: thin adapters that decide when to call ``lightning_dyn.functional``."""
 
 from lightning_dyn.callbacks.layerwise_lr import LayerwiseLRMonitor
+from lightning_dyn.callbacks.neural_collapse import NeuralCollapseMonitor
 from lightning_dyn.callbacks.outlier_pairs import OutlierPairDetector
 from lightning_dyn.callbacks.perp_grad import PerpGrad
 from lightning_dyn.callbacks.sharpness import SharpnessMonitor
@@ -9,6 +10,7 @@ from lightning_dyn.callbacks.threshold_crossing import ThresholdCrossing
 
 __all__ = [
     "LayerwiseLRMonitor",
+    "NeuralCollapseMonitor",
     "OutlierPairDetector",
     "PerpGrad",
     "SharpnessMonitor",

@@ -1,5 +1,6 @@
 """``torch.nn.Module``s built on ``lightning_dyn.functional``."""
 
+from lightning_dyn.nn.neural_collapse_statistics import NeuralCollapseStatistics
 from lightning_dyn.nn.stablemax import StableMaxCrossEntropyLoss, StableMaxHead
 
-__all__: list[str] = ["StableMaxCrossEntropyLoss", "StableMaxHead"]
+__all__: list[str] = ["NeuralCollapseStatistics", "StableMaxCrossEntropyLoss", "StableMaxHead"]

@@ -1,5 +1,10 @@
 """Bundled LightningDataModule + LightningModule pairs, one file per task."""
 
+from lightning_dyn.recipes.gaussian_mixture import (
+    GaussianMixtureDataModule,
+    GaussianMixtureModule,
+    MixtureMLP,
+)
 from lightning_dyn.recipes.modular_arithmetic import (
     ModularArithmeticDataModule,
     ModularArithmeticModule,
@@ -25,7 +30,10 @@ from lightning_dyn.recipes.tiny_lm import (
 __all__ = [
     "STDLIB_EXCLUDED_DIRS",
     "CharCorpusDataModule",
+    "GaussianMixtureDataModule",
+    "GaussianMixtureModule",
     "ImageMLP",
+    "MixtureMLP",
     "ModularArithmeticDataModule",
     "ModularArithmeticModule",
     "ModularMLP",

@@ -1,0 +1,255 @@
+"""Neural-collapse metrics (NC1-NC4) of the penultimate features, streamed over a dataloader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn.callbacks._features import FeatureCapture, last_linear_name
+from lightning_dyn.callbacks.softmax_collapse import LogitsFn, forward_first_input
+from lightning_dyn.functional.neural_collapse import (
+    NC_TARGETS,
+    class_means,
+    global_mean,
+    nc4,
+    neural_collapse_metrics,
+    target_gram,
+)
+from lightning_dyn.loggers import log_figure
+from lightning_dyn.nn.neural_collapse_statistics import NeuralCollapseStatistics
+
+DATALOADERS = ("train", "val")
+NC4_MODES = ("second_pass", "lagged", "off")
+GEOMETRIES = ("auto", *NC_TARGETS)
+
+
+class NeuralCollapseMonitor(pl.Callback):
+    """Logs NC1-NC4 (Papyan, Han & Donoho, arXiv 2008.08186) every ``every_n_epochs`` epochs.
+
+    After the last batch of a training epoch, in eval mode without gradients (train mode
+    restored), the callback runs the model over ``dataloader`` (``"train"``: the training
+    loader, each DDP rank its own shard; ``"val"``: the first validation loader), captures the
+    penultimate features
+    with a forward hook registered at ``on_fit_start`` (the input of ``classifier``, or the
+    output of ``feature_module``), and accumulates per-class sufficient statistics in a
+    ``NeuralCollapseStatistics`` metric: memory ``O(K·D + D²)``, whatever the dataset size,
+    synchronised across ranks by torchmetrics. Logged under ``nc/`` (``functional``
+    ``neural_collapse_metrics``): ``nc1`` ((1/K) Tr(Σ_W Σ_B^+)), ``nc1_trace_ratio``, ``cdnv``,
+    ``equinorm_means``, ``equinorm_classifier``, ``equiangularity``, ``max_angle``,
+    ``gram_distance`` (class means vs the target geometry), ``nc3`` and ``nc4``, plus a figure
+    ``nc/gram`` of the class means' Gram matrix next to the target's.
+
+    NC4 compares the classifier with the nearest class mean, so it needs the means first:
+    ``nc4="second_pass"`` runs the loader a second time (exact, twice the cost),
+    ``"lagged"`` uses the previous measurement's means in the same pass (no extra pass; the
+    first measurement has no NC4), ``"off"`` skips it.
+
+    Args:
+        feature_module: name of the submodule whose output are the features; ``None`` uses the
+            input of ``classifier``.
+        classifier: name of the final linear layer; ``None`` uses the last ``nn.Linear``.
+        dataloader: ``"train"`` or ``"val"``.
+        every_n_epochs: measure after every this many training epochs.
+        max_batches: read at most this many batches per pass (``None``: all).
+        geometry: target of ``gram_distance``: ``"etf"`` (simplex ETF of the centred means),
+            ``"orthogonal"`` (uncentred means, bias-free square loss, balanced),
+            ``"imbalanced"`` (Dang et al.'s frame for bias-free square loss with unequal class
+            sizes) or ``"auto"``: ``etf`` if the classifier has a bias or ``loss`` is
+            cross-entropy, else ``orthogonal`` for balanced and ``imbalanced`` for unequal
+            class counts.
+        nc4: ``"second_pass"``, ``"lagged"`` or ``"off"``.
+        loss: the training loss, ``"cross_entropy"`` or ``"square"`` (only for ``"auto"``).
+        logits_fn: ``(pl_module, batch) -> (logits, targets)``; default ``pl_module(batch[0])``.
+        figure: log the Gram figure.
+    """
+
+    def __init__(
+        self,
+        feature_module: str | None = None,
+        classifier: str | None = None,
+        dataloader: str = "train",
+        every_n_epochs: int = 1,
+        max_batches: int | None = None,
+        geometry: str = "auto",
+        nc4: str = "second_pass",
+        loss: str = "cross_entropy",
+        logits_fn: LogitsFn | None = None,
+        figure: bool = True,
+    ) -> None:
+        check_choice("dataloader", dataloader, DATALOADERS)
+        check_positive_int("every_n_epochs", every_n_epochs)
+        if max_batches is not None:
+            check_positive_int("max_batches", max_batches)
+        check_choice("geometry", geometry, GEOMETRIES)
+        check_choice("nc4", nc4, NC4_MODES)
+        check_choice("loss", loss, ("cross_entropy", "square"))
+        self.feature_module, self.classifier = feature_module, classifier
+        self.dataloader, self.every_n_epochs = dataloader, every_n_epochs
+        self.max_batches, self.geometry, self.nc4, self.loss = max_batches, geometry, nc4, loss
+        self.logits_fn, self.figure = logits_fn or forward_first_input, figure
+        self._capture = FeatureCapture()
+        self._head: nn.Linear | None = None
+        self._previous_means: Tensor | None = None  # for nc4="lagged"
+        self._measurements = 0
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(dataloader=self.dataloader, nc4=self.nc4)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        name = self.classifier or last_linear_name(pl_module)
+        modules = dict(pl_module.named_modules())
+        head = modules.get(name) if name is not None else None
+        if not isinstance(head, nn.Linear):
+            raise ValueError(
+                f"classifier={self.classifier!r} must name an nn.Linear of "
+                f"{type(pl_module).__name__} (got {type(head).__name__}); the default is the "
+                "last nn.Linear, and this module has none."
+            )
+        self._head = head
+        if self.feature_module is None:
+            self._capture.attach(pl_module, name, of_input=True)
+        else:
+            self._capture.attach(pl_module, self.feature_module, of_input=False)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._capture.detach()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # The epoch's last batch rather than on_train_epoch_end: a checkpoint taken at that
+        # batch (ModelCheckpoint runs after every other callback) then holds this measurement,
+        # and a run resumed from it does not skip the epoch's measurement.
+        if batch_idx + 1 != trainer.num_training_batches:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            metrics, stats = self._measure(trainer, pl_module)
+        finally:
+            self._capture.capturing = False
+            pl_module.train(was_training)
+        self._measurements += 1
+        for key, value in metrics.items():
+            pl_module.log(f"nc/{key}", value, on_step=False, on_epoch=True)
+        if self.figure:
+            log_figure(trainer, "nc/gram", _gram_figure(stats, self._target(stats), trainer))
+
+    # --- measurement ----------------------------------------------------------------------------
+
+    def _loader(self, trainer: pl.Trainer) -> Any:
+        if self.dataloader == "train":
+            return trainer.train_dataloader
+        loaders = trainer.val_dataloaders
+        if isinstance(loaders, list | tuple):
+            loaders = loaders[0] if loaders else None
+        if loaders is None:
+            raise ValueError("dataloader='val' needs a validation dataloader; the fit has none.")
+        return loaders
+
+    def _batches(self, trainer: pl.Trainer) -> Any:
+        for index, batch in enumerate(self._loader(trainer)):
+            if self.max_batches is not None and index >= self.max_batches:
+                return
+            yield trainer.strategy.batch_to_device(batch)
+
+    def _features(self, pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+        self._capture.capturing = True
+        logits, targets = self.logits_fn(pl_module, batch)
+        self._capture.capturing = False
+        return self._capture.take(), logits, targets
+
+    @torch.no_grad()
+    def _measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[dict[str, float], Any]:
+        head = self._head
+        lagged = self.nc4 == "lagged" and self._previous_means is not None
+        metric: NeuralCollapseStatistics | None = None
+        for batch in self._batches(trainer):
+            features, logits, targets = self._features(pl_module, batch)
+            if metric is None:
+                k, d = head.out_features, features.shape[1]
+                shift = self._previous_shift(d)
+                metric = NeuralCollapseStatistics(k, d, shift=shift).to(features.device)
+            metric.update(features, targets)
+            if lagged:
+                metric.update_nc4(features, logits, self._previous_means.to(features.device))
+        if metric is None:
+            raise ValueError(f"the {self.dataloader} dataloader yielded no batch to measure.")
+        stats, mismatches, count = metric.unpack(metric.compute())
+        means = class_means(stats)
+        if self.nc4 == "second_pass":
+            second = NeuralCollapseStatistics(head.out_features, stats.dim).to(means.device)
+            for batch in self._batches(trainer):
+                features, logits, _ = self._features(pl_module, batch)
+                second.update_nc4(features, logits, means)
+            _, mismatches, count = second.unpack(second.compute())
+        bias = head.bias.detach() if head.bias is not None else None
+        metrics = neural_collapse_metrics(
+            stats, head.weight.detach(), bias, target=self._target(stats)
+        )
+        if self.nc4 == "second_pass" or lagged:
+            metrics["nc4"] = nc4(int(mismatches), int(count))
+        self._previous_means = means.detach().cpu()
+        self._previous_global = global_mean(stats).detach().cpu()
+        return metrics, stats
+
+    def _previous_shift(self, dim: int) -> Tensor | None:
+        previous = getattr(self, "_previous_global", None)
+        return previous if previous is not None and previous.numel() == dim else None
+
+    def _target(self, stats: Any) -> str:
+        if self.geometry != "auto":
+            return self.geometry
+        if self._head.bias is not None or self.loss == "cross_entropy":
+            return "etf"
+        balanced = bool((stats.counts == stats.counts[0]).all())
+        return "orthogonal" if balanced else "imbalanced"
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "measurements": self._measurements,
+            "previous_means": self._previous_means,
+            "previous_global": getattr(self, "_previous_global", None),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._measurements = state_dict["measurements"]
+        self._previous_means = state_dict["previous_means"]
+        self._previous_global = state_dict["previous_global"]
+
+
+def _gram_figure(stats: Any, target: str, trainer: pl.Trainer) -> Any:
+    """The class means' normalised Gram matrix next to the target's."""
+    import matplotlib.pyplot as plt
+
+    means = class_means(stats)
+    vectors = means - global_mean(stats) if target == "etf" else means
+    gram = vectors @ vectors.T
+    gram = gram / gram.norm()
+    reference = target_gram(target, stats.counts, num_classes=stats.num_classes)
+    figure, axes = plt.subplots(1, 2, figsize=(7, 3.2), dpi=100)
+    limit = float(max(gram.abs().max(), reference.abs().max()))
+    for ax, matrix, title in ((axes[0], gram, "class means"), (axes[1], reference, target)):
+        image = ax.imshow(matrix.cpu().numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(f"{title} (step {trainer.global_step})" if ax is axes[0] else title)
+        ax.set_xlabel("class")
+    figure.colorbar(image, ax=axes.tolist(), shrink=0.8)
+    return figure

@@ -1,0 +1,161 @@
+"""Classification of a Gaussian mixture, trained far past zero training error (neural collapse).
+
+``num_classes`` Gaussian clusters in ``input_dim`` dimensions (centres drawn once, unit-variance
+noise scaled by ``noise``), an MLP, mini-batch SGD with momentum and weight decay: the setting in
+which Papyan, Han & Donoho (arXiv 2008.08186) watch the last-layer features collapse onto their
+class means during the terminal phase of training. ``random_labels=True`` shuffles the training
+labels once: the control, which the network must memorise.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from lightning_dyn._checks import check_positive_int
+from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
+from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader, world_and_rank
+
+
+class GaussianMixtureDataModule(pl.LightningDataModule):
+    """``num_classes`` Gaussian clusters; train and validation sets drawn from the same mixture.
+
+    Args:
+        num_classes: number of clusters (classes).
+        input_dim: dimension of the inputs.
+        per_class: training examples per class (validation: a quarter of that).
+        noise: standard deviation of the noise around each centre (the centres are N(0, I)).
+        random_labels: shuffle the training labels once (the control).
+        seed: seed of the centres, the noise and the shuffle.
+        batch_size: mini-batch size; ``None`` for full batch.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        input_dim: int = 32,
+        per_class: int = 100,
+        noise: float = 1.0,
+        random_labels: bool = False,
+        seed: int = 0,
+        batch_size: int | None = 50,
+    ) -> None:
+        super().__init__()
+        check_positive_int("num_classes", num_classes, minimum=2)
+        check_positive_int("input_dim", input_dim)
+        check_positive_int("per_class", per_class, minimum=4)
+        if not (isinstance(noise, int | float) and noise >= 0):
+            raise ValueError(f"noise must be a number >= 0; got {noise!r}.")
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
+        self.save_hyperparameters()
+        self.num_classes, self.input_dim, self.per_class = num_classes, input_dim, per_class
+        self.noise, self.random_labels, self.seed = noise, random_labels, seed
+        self.batch_size = batch_size
+        self.train_set: TensorBatchDataset | None = None
+        self.val_set: TensorBatchDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        gen = torch.Generator().manual_seed(self.seed)
+        centres = torch.randn(self.num_classes, self.input_dim, generator=gen)
+
+        def draw(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+            labels = torch.arange(self.num_classes).repeat_interleave(per_class)
+            noise = torch.randn(len(labels), self.input_dim, generator=gen)
+            return centres[labels] + self.noise * noise, labels
+
+        x, y = draw(self.per_class)
+        if self.random_labels:
+            y = y[torch.randperm(len(y), generator=gen)]
+        self.train_set = TensorBatchDataset(x, y)
+        self.val_set = TensorBatchDataset(*draw(max(1, self.per_class // 4)))
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        world, rank = world_and_rank(self.trainer)
+        sampler = DistributedSampler(
+            self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+        )
+        return tensor_loader(self.train_set, self.batch_size or len(self.train_set), sampler)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        assert self.val_set is not None, "call setup() first"
+        return tensor_loader(self.val_set, len(self.val_set))
+
+
+class MixtureMLP(nn.Module):
+    """``depth`` hidden ReLU layers of ``width``; ``head`` (a biased linear layer) on top."""
+
+    def __init__(self, input_dim: int, width: int, depth: int, num_classes: int) -> None:
+        super().__init__()
+        sizes = [input_dim, *[width] * depth]
+        layers: list[nn.Module] = []
+        for n_in, n_out in itertools.pairwise(sizes):
+            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def _default_optimizer() -> OptimizerFactory:
+    return functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+class GaussianMixtureModule(pl.LightningModule):
+    """The MLP classifier; logs ``train/{loss,acc}`` and ``val/{loss,acc}``.
+
+    Args:
+        num_classes: must match the data module.
+        input_dim: must match the data module.
+        width: hidden width.
+        depth: number of hidden layers.
+        optimizer: a factory ``params -> Optimizer``; default SGD(lr 0.05, momentum 0.9,
+            weight decay 5e-4), Papyan et al.'s optimiser.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        input_dim: int = 32,
+        width: int = 128,
+        depth: int = 3,
+        optimizer: OptimizerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_classes", num_classes), ("width", width), ("depth", depth)):
+            check_positive_int(name, value)
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.model = MixtureMLP(input_dim, width, depth, num_classes)
+        self.optimizer_factory = optimizer or _default_optimizer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        accuracy = (logits.argmax(-1) == y).float().mean()
+        self.log(f"{stage}/loss", loss, batch_size=len(y), sync_dist=True, prog_bar=True)
+        self.log(f"{stage}/acc", accuracy, batch_size=len(y), sync_dist=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.optimizer_factory, self)
