@@ -156,3 +156,17 @@ def test_edge_of_stability_experiment_measures_sharpness(tmp_path: Path) -> None
     # Progressive sharpening has begun, well below the edge this early.
     lambdas = [float(r["sharpness/lambda_1"]) for r in rows]
     assert lambdas == sorted(lambdas) and 5 < lambdas[0] < 20
+
+
+def test_neural_collapse_experiment_logs_nc_metrics(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = _run(
+        tmp_path,
+        "experiment=neural_collapse",
+        "logger=csv",
+        "trainer.max_steps=200",  # 10 epochs: one measurement
+        f"hydra.run.dir={run_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^\s*nc/nc4\s+0$", done.stdout, re.MULTILINE)
+    assert list(run_dir.glob("csv/version_*/media/nc_gram/step_*.png"))
