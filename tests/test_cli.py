@@ -56,7 +56,7 @@ def test_smoke_run_prints_its_summary_and_keeps_a_checkpoint(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("recipe=nope", "Available options in 'recipe':\n\tgrokking"),
+        ("recipe=nope", "Available options in 'recipe':\n\tgaussian_mixture\n\tgrokking"),
         ("callbacks=[nope]", "Available options in 'callbacks':\n\tlayerwise_lr"),
         ("callbacks=[lr_monitor,nope]", "Could not find ['nope'] in 'callbacks'"),
         ("logger=nope", "Available options in 'logger':\n\tcsv\n\twandb"),
