@@ -60,6 +60,12 @@ from lightning_dyn.functional.opposing_signals import (
     sketch_gradient,
     top_loss_changes,
 )
+from lightning_dyn.functional.pair_search import (
+    antiphase_matrix,
+    feature_groups,
+    group_loss_series,
+    oscillation_count,
+)
 from lightning_dyn.functional.perp_grad import nlm_cosine, nlm_cosines, perp_grad_
 from lightning_dyn.functional.softmax_collapse import (
     softmax_collapse_fraction,
@@ -91,6 +97,7 @@ __all__ = [
     "TraceResult",
     "adam_preconditioner",
     "antiphase_correlation",
+    "antiphase_matrix",
     "between_class_covariance",
     "cdnv",
     "class_means",
@@ -100,9 +107,11 @@ __all__ = [
     "direction_alignment",
     "equiangularity",
     "equinorm",
+    "feature_groups",
     "geometry_distance",
     "global_mean",
     "group_gradient_cosine",
+    "group_loss_series",
     "group_losses",
     "hessian_eigenvalues",
     "hessian_spectral_density",
@@ -125,6 +134,7 @@ __all__ = [
     "nuclear_norm",
     "nuclear_norm_estimate",
     "one_hot_square_loss",
+    "oscillation_count",
     "per_example_loss",
     "perp_grad_",
     "row_normalize",
