@@ -94,6 +94,7 @@ class NeuralCollapseMonitor(pl.Callback):
         self._capture = FeatureCapture()
         self._head: nn.Linear | None = None
         self._previous_means: Tensor | None = None  # for nc4="lagged"
+        self._previous_global: Tensor | None = None  # the shift of the next accumulation
         self._measurements = 0
 
     @property
@@ -210,7 +211,7 @@ class NeuralCollapseMonitor(pl.Callback):
         return metrics, stats
 
     def _previous_shift(self, dim: int) -> Tensor | None:
-        previous = getattr(self, "_previous_global", None)
+        previous = self._previous_global
         return previous if previous is not None and previous.numel() == dim else None
 
     def _target(self, stats: Any) -> str:
@@ -227,7 +228,7 @@ class NeuralCollapseMonitor(pl.Callback):
         return {
             "measurements": self._measurements,
             "previous_means": self._previous_means,
-            "previous_global": getattr(self, "_previous_global", None),
+            "previous_global": self._previous_global,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
