@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -133,8 +134,15 @@ class NeuralCollapseMonitor(pl.Callback):
         # The epoch's last batch rather than on_train_epoch_end: a checkpoint taken at that
         # batch (ModelCheckpoint runs after every other callback) then holds this measurement,
         # and a run resumed from it does not skip the epoch's measurement.
-        if batch_idx + 1 != trainer.num_training_batches:
-            return
+        if batch_idx + 1 == trainer.num_training_batches:
+            self._maybe_measure(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A loader of unknown length (an iterable dataset) has no known last batch.
+        if math.isinf(trainer.num_training_batches):
+            self._maybe_measure(trainer, pl_module)
+
+    def _maybe_measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         was_training = pl_module.training

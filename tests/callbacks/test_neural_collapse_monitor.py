@@ -192,3 +192,18 @@ def test_a_classifier_that_is_not_linear_is_refused(tmp_path: Path) -> None:
     trainer = quiet_trainer(tmp_path, 1, callbacks=[NeuralCollapseMonitor(classifier="features")])
     with pytest.raises(ValueError, match=r"classifier='features' must name an nn.Linear"):
         trainer.fit(module, train_dataloaders=data.train_dataloader())
+
+
+def test_measures_on_a_loader_of_unknown_length(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module, data = UserCNN(), UserImageData(n=48)
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            for i in range(0, 48, 16):
+                yield data.x[i : i + 16], data.y[i : i + 16]
+
+    loader = DataLoader(Stream(), batch_size=None)
+    trainer = quiet_trainer(tmp_path, 6, callbacks=[NeuralCollapseMonitor(figure=False)])
+    trainer.fit(module, train_dataloaders=loader)
+    assert sum("nc/nc1" in m for _, m in trainer.logger.records) == 2
