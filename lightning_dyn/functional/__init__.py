@@ -15,6 +15,7 @@ from lightning_dyn.functional.lanczos import (
     hessian_spectral_density,
     hessian_trace,
 )
+from lightning_dyn.functional.least_squares import LeastSquaresResult, solve_least_squares
 from lightning_dyn.functional.lmo import (
     NS_COEFFICIENTS,
     SPECTRAL_SCALES,
@@ -93,6 +94,7 @@ __all__ = [
     "ClassStatistics",
     "EigenResult",
     "HessianOperator",
+    "LeastSquaresResult",
     "SpectralDensity",
     "TraceResult",
     "adam_preconditioner",
@@ -142,6 +144,7 @@ __all__ = [
     "sketch_gradient",
     "softmax_collapse_fraction",
     "softmax_collapse_mask",
+    "solve_least_squares",
     "spectral_dual_norm",
     "spectral_lmo",
     "spectral_scale",
