@@ -1,6 +1,13 @@
 """``torch.nn.Module``s built on ``lightning_dyn.functional``."""
 
+from lightning_dyn.nn.hard_constraint import HardConstraintLayer, HardConstraintMoE
 from lightning_dyn.nn.neural_collapse_statistics import NeuralCollapseStatistics
 from lightning_dyn.nn.stablemax import StableMaxCrossEntropyLoss, StableMaxHead
 
-__all__: list[str] = ["NeuralCollapseStatistics", "StableMaxCrossEntropyLoss", "StableMaxHead"]
+__all__: list[str] = [
+    "HardConstraintLayer",
+    "HardConstraintMoE",
+    "NeuralCollapseStatistics",
+    "StableMaxCrossEntropyLoss",
+    "StableMaxHead",
+]

@@ -1,0 +1,425 @@
+"""Hard-constraint layers: solve for the basis coefficients instead of predicting them.
+
+Chalapathi, Du & Krishnapriyan, "Scaling physics-informed hard constraints with
+mixture-of-experts", arXiv 2402.13412. A network produces ``N`` basis functions ``Φ`` on the
+``P`` points of a space-time grid; the field is ``u = Φ ω``, where ``ω`` is not an output of the
+network but the solution of a least-squares problem built from the PDE residual, the
+initial/boundary conditions and a ridge term. The constraint then holds (to the solver's
+tolerance) at the sampled points whatever the network does, and training differentiates through
+the ``argmin`` with the implicit function theorem
+(:func:`lightning_dyn.functional.least_squares.solve_least_squares`), so memory does not grow
+with the solver's iterations.
+
+One solve over the whole domain couples every point and costs ``O(M N²)`` per problem with ``M``
+residual rows; the mixture of experts (``HardConstraintMoE``) splits the grid into ``K`` blocks,
+each with its own ``ω_k`` solved from the residual on its block only. The ``K`` solves are
+independent, so they are batched (vmapped) together, and each is smaller and better conditioned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn.functional.least_squares import (
+    ON_FAILURE,
+    LeastSquaresResult,
+    solve_least_squares,
+)
+
+HardResidualFn = Callable[..., Tensor]
+
+
+def _check_real(name: str, value: Any, minimum: float = 0.0) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and value >= minimum):
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}; got {value!r}.")
+
+
+def _shape(value: Any) -> Any:
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
+def _check_basis(basis: Any) -> None:
+    if not isinstance(basis, Tensor) or basis.ndim != 3 or not basis.is_floating_point():
+        raise ValueError(
+            f"basis must be a floating (B, P, N) tensor of N basis functions on P grid points; "
+            f"got {_shape(basis)}"
+            + (f" ({basis.dtype})" if isinstance(basis, Tensor) else "")
+            + "."
+        )
+    if 0 in basis.shape:
+        raise ValueError(f"basis must have B, P, N >= 1; got {tuple(basis.shape)}.")
+
+
+def _check_data(constraint_data: Any, batch: int) -> tuple[Tensor, ...]:
+    if isinstance(constraint_data, Tensor) or not isinstance(constraint_data, Sequence):
+        raise ValueError(
+            "constraint_data must be a tuple of tensors with leading dimension B; got "
+            f"{type(constraint_data).__name__}."
+        )
+    data = tuple(constraint_data)
+    for i, d in enumerate(data):
+        if not isinstance(d, Tensor) or d.ndim == 0 or d.shape[0] != batch:
+            raise ValueError(
+                f"constraint_data[{i}] must be a tensor with leading dimension B={batch} (the "
+                f"batch size of basis); got {_shape(d)}."
+            )
+    return data
+
+
+class HardConstraintLayer(nn.Module):
+    """``u = Φ ω*`` with ``ω* = argmin_ω ½‖[r(ω, Φ, data); ridge · ω]‖²``, per sample.
+
+    For each sample ``b`` the layer solves the nonlinear least-squares problem whose residual is
+    the user's rows ``r = residual_fn(ω, basis[b], *(d[b] for d in constraint_data))`` followed by
+    ``N`` ridge rows ``ridge · ω`` (the paper's ``1e-4 · ω``; the objective is therefore
+    ``½‖r‖² + ½ ridge² ‖ω‖²``), by Levenberg-Marquardt in float64 starting from ``ω = 0``, all
+    samples in one batched call. ``u = basis @ ω*`` is differentiable with respect to ``basis`` and
+    every floating tensor in ``constraint_data`` through the implicit (full-Hessian) backward.
+
+    Args:
+        residual_fn: ``residual_fn(omega (N,), basis_b (P, N), *constraint_data_b) -> r (M,)``
+            for ONE sample, in float64. Must be vmap-compatible (``torch.func``) and
+            differentiable twice in ``omega``. Do not capture tensors to differentiate through
+            in a closure: pass them in ``constraint_data``.
+        ridge: Coefficient of the ridge rows (``>= 0``); it keeps the Hessian invertible when the
+            residual rows do not determine all of ``ω``.
+        max_iter: Most Levenberg-Marquardt iterations (``>= 1``).
+        tol: Convergence tolerance on ``‖J^T r‖`` (see ``solve_least_squares``).
+        on_failure: ``"warn"``, ``"raise"`` or ``"ignore"`` when some solves did not converge.
+
+    Raises:
+        ValueError: If an argument has the wrong type or value.
+    """
+
+    def __init__(
+        self,
+        residual_fn: HardResidualFn,
+        ridge: float = 1e-4,
+        max_iter: int = 50,
+        tol: float = 1e-10,
+        on_failure: str = "warn",
+    ) -> None:
+        super().__init__()
+        if not callable(residual_fn):
+            raise ValueError(f"residual_fn must be callable; got {type(residual_fn).__name__}.")
+        _check_real("ridge", ridge)
+        check_positive_int("max_iter", max_iter)
+        _check_real("tol", tol)
+        check_choice("on_failure", on_failure, ON_FAILURE)
+        self.residual_fn = residual_fn
+        self.ridge = float(ridge)
+        self.max_iter = max_iter
+        self.tol = float(tol)
+        self.on_failure = on_failure
+
+    def _residual(self, omega: Tensor, params: tuple[Tensor, ...]) -> Tensor:
+        r = self.residual_fn(omega, *params)
+        return torch.cat([r, self.ridge * omega])
+
+    def forward(
+        self, basis: Tensor, constraint_data: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, LeastSquaresResult]:
+        """Solve for ``ω*`` and return ``(u, result)``.
+
+        Args:
+            basis: ``(B, P, N)`` basis functions on ``P`` grid points.
+            constraint_data: Tensors with leading dimension ``B`` passed, sliced per sample,
+                after ``basis_b`` to ``residual_fn``.
+
+        Returns:
+            ``u`` of shape ``(B, P)`` in ``basis``'s dtype, and the ``LeastSquaresResult``
+            (float64 ``omega`` of shape ``(B, N)``, convergence diagnostics).
+
+        Raises:
+            ValueError: If ``basis`` is not a floating ``(B, P, N)`` tensor, or an entry of
+                ``constraint_data`` lacks the leading dimension ``B``.
+        """
+        _check_basis(basis)
+        data = _check_data(constraint_data, basis.shape[0])
+        result = solve_least_squares(
+            self._residual,
+            (basis, *data),
+            basis.new_zeros(basis.shape[0], basis.shape[2], dtype=torch.float64),
+            max_iter=self.max_iter,
+            tol=self.tol,
+            on_failure=self.on_failure,
+        )
+        u = (basis @ result.omega.to(basis.dtype).unsqueeze(-1)).squeeze(-1)
+        return u, result
+
+    def extra_repr(self) -> str:
+        return (
+            f"ridge={self.ridge:g}, max_iter={self.max_iter}, tol={self.tol:g}, "
+            f"on_failure={self.on_failure!r}"
+        )
+
+
+def _axis_blocks(n: int, parts: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Per block along one axis: ``(start, end, lo, hi)``, core ``[start, end)``, support."""
+    base = n // parts
+    out = []
+    for i in range(parts):
+        start, end = i * base, (n if i == parts - 1 else (i + 1) * base)
+        lo = max(0, start - overlap) if i > 0 else start
+        hi = min(n, end + overlap) if i < parts - 1 else end
+        out.append((start, end, lo, hi))
+    return out
+
+
+def _ramp(x: Tensor, edge: int, overlap: int) -> Tensor:
+    """Weight of the block right of ``edge``: linear across ``[edge - overlap, edge + overlap)``."""
+    if overlap == 0:
+        return (x >= edge).to(torch.float64)
+    return ((x - (edge - overlap) + 0.5) / (2 * overlap)).clamp(0.0, 1.0)
+
+
+class HardConstraintMoE(nn.Module):
+    """Mixture of hard-constraint experts: one ``ω_k`` per block of the grid (arXiv 2402.13412).
+
+    The grid of shape ``grid_shape`` (e.g. ``(T, X)``) is flattened in C order to the ``P``
+    points of ``basis``. ``partition`` gives the number of blocks along each axis; blocks are
+    uniform, ``n // parts`` points each, the remainder going to the last block of the axis.
+    Expert ``k`` (blocks numbered in C order over ``partition``) owns its block's points, extended
+    by ``overlap`` points on each side that touches another block (clipped at the domain), and
+    solves ``ω_k`` as ``HardConstraintLayer`` does, from ``residual_fn`` evaluated on those points
+    only: ``residual_fn(omega, basis_block (P_k, N), *data_block)``, points in C order.
+
+    Which constraint data is restricted to the block: with ``shared_rows=None``, a tensor whose
+    second dimension equals ``P`` is per-point (``(B, P, ...)``) and is restricted to the block's
+    points; any other tensor (e.g. global initial/boundary-condition rows) is passed whole to every
+    expert. ``shared_rows`` (indices into ``constraint_data``) overrides the rule: exactly those
+    tensors are passed whole and every other one must be per-point. Use it when a global tensor
+    happens to have ``P`` entries in its second dimension.
+
+    Batching: experts whose blocks have the same shape are solved in one batched call over
+    ``B × (experts in the group)`` problems; blocks differ in shape only through the remainder and
+    the clipped overlap, so there are at most ``3 ** len(grid_shape)`` calls (one when the grid
+    divides evenly and ``overlap=0``). Grouping, not padding, keeps ``residual_fn`` free of masks.
+
+    Assembly: ``u = Σ_k w_k · Φ ω_k``, with ``w_k`` a partition of unity, the product over axes of
+    one-dimensional weights. Without overlap each point takes its own block's expert. With
+    overlap ``o``, across each interior edge the weight of the block on the right rises linearly
+    from ``1/(4o)`` to ``1 - 1/(4o)`` over the ``2o`` points both blocks cover, the other block
+    taking the rest, so the weights sum to 1 at every point. ``overlap`` is limited to half the
+    smallest block along each partitioned axis so that the ramps do not meet.
+
+    Args:
+        residual_fn: As for ``HardConstraintLayer``, called on one block of one sample.
+        experts: Number of experts ``K``; must equal the product of ``partition``.
+        partition: Blocks along each axis of ``grid_shape``.
+        grid_shape: Shape of the grid whose C-order flattening gives the ``P`` points.
+        ridge: Coefficient of the ridge rows ``ridge · ω_k`` (``>= 0``).
+        overlap: Grid points (``>= 0``) each block extends into its neighbours.
+        shared_rows: Indices of ``constraint_data`` passed whole to every expert, or ``None`` for
+            the shape rule above.
+        max_iter: Most Levenberg-Marquardt iterations per solve (``>= 1``).
+        tol: Convergence tolerance on ``‖J^T r‖``.
+        on_failure: ``"warn"``, ``"raise"`` or ``"ignore"`` when some solves did not converge.
+
+    Raises:
+        ValueError: If an argument has the wrong type or value, e.g. ``experts`` is not the
+            product of ``partition``, a block would be empty, or ``overlap`` is negative or more
+            than half a block.
+    """
+
+    def __init__(
+        self,
+        residual_fn: HardResidualFn,
+        experts: int,
+        partition: Sequence[int],
+        grid_shape: Sequence[int],
+        ridge: float = 1e-4,
+        overlap: int = 0,
+        shared_rows: Sequence[int] | None = None,
+        max_iter: int = 50,
+        tol: float = 1e-10,
+        on_failure: str = "warn",
+    ) -> None:
+        super().__init__()
+        self.layer = HardConstraintLayer(residual_fn, ridge, max_iter, tol, on_failure)
+        check_positive_int("experts", experts)
+        grid = tuple(grid_shape) if isinstance(grid_shape, Sequence) else None
+        if not grid or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in grid):
+            raise ValueError(
+                f"grid_shape must be a non-empty tuple of ints >= 1; got {grid_shape!r}."
+            )
+        parts = tuple(partition) if isinstance(partition, Sequence) else None
+        if (
+            parts is None
+            or len(parts) != len(grid)
+            or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in parts)
+        ):
+            raise ValueError(
+                f"partition must give an int >= 1 blocks for each of the {len(grid)} axes of "
+                f"grid_shape={grid}; got {partition!r}."
+            )
+        if math.prod(parts) != experts:
+            raise ValueError(
+                f"partition={parts} makes {math.prod(parts)} blocks, but experts={experts}; the "
+                "product of partition must equal experts."
+            )
+        for axis, (n, m) in enumerate(zip(grid, parts, strict=True)):
+            if m > n:
+                raise ValueError(
+                    f"partition={parts} asks for {m} blocks along axis {axis}, which has only "
+                    f"{n} points (grid_shape={grid})."
+                )
+        check_positive_int("overlap", overlap, minimum=0)
+        for axis, (n, m) in enumerate(zip(grid, parts, strict=True)):
+            if m > 1 and 2 * overlap > n // m:
+                raise ValueError(
+                    f"overlap={overlap} is more than half the {n // m}-point blocks along axis "
+                    f"{axis}; use overlap <= {(n // m) // 2}."
+                )
+        if shared_rows is not None and (
+            not isinstance(shared_rows, Sequence)
+            or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in shared_rows)
+        ):
+            raise ValueError(
+                f"shared_rows must be None or a sequence of indices >= 0; got {shared_rows!r}."
+            )
+        self.experts = experts
+        self.partition = parts
+        self.grid_shape = grid
+        self.overlap = overlap
+        self.shared_rows = None if shared_rows is None else tuple(shared_rows)
+        self._build_blocks()
+
+    def _build_blocks(self) -> None:
+        """Per expert: flat point indices and blend weights on them; then groups by shape."""
+        axes = [
+            _axis_blocks(n, m, self.overlap)
+            for n, m in zip(self.grid_shape, self.partition, strict=True)
+        ]
+        strides = [math.prod(self.grid_shape[a + 1 :]) for a in range(len(self.grid_shape))]
+        self._indices: list[Tensor] = []
+        self._weights: list[Tensor] = []
+        shapes: list[tuple[int, ...]] = []
+        for combo in torch.cartesian_prod(*[torch.arange(m) for m in self.partition]).reshape(
+            self.experts, len(self.partition)
+        ):
+            flat = torch.zeros((), dtype=torch.long)
+            weight = torch.ones((), dtype=torch.float64)
+            shape = []
+            for a, i in enumerate(combo.tolist()):
+                blocks = axes[a]
+                _, end, lo, hi = blocks[i]
+                x = torch.arange(lo, hi)
+                w = torch.ones(hi - lo, dtype=torch.float64)
+                if i > 0:
+                    w = w * _ramp(x, blocks[i][0], self.overlap)
+                if i < len(blocks) - 1:
+                    w = w * (1.0 - _ramp(x, end, self.overlap))
+                flat = flat.unsqueeze(-1) + (x * strides[a])
+                weight = weight.unsqueeze(-1) * w
+                shape.append(hi - lo)
+            self._indices.append(flat.reshape(-1))
+            self._weights.append(weight.reshape(-1))
+            shapes.append(tuple(shape))
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, s in enumerate(shapes):
+            groups.setdefault(s, []).append(k)
+        self._groups = list(groups.values())
+
+    def blend_weights(self) -> Tensor:
+        """``(K, P)`` float64 partition-of-unity weights (zero outside each expert's block)."""
+        w = torch.zeros(self.experts, math.prod(self.grid_shape), dtype=torch.float64)
+        for k in range(self.experts):
+            w[k, self._indices[k]] = self._weights[k]
+        return w
+
+    def _per_point(self, data: tuple[Tensor, ...], points: int) -> list[bool]:
+        if self.shared_rows is None:
+            return [d.ndim >= 2 and d.shape[1] == points for d in data]
+        bad = [i for i in self.shared_rows if i >= len(data)]
+        if bad:
+            raise ValueError(
+                f"shared_rows={self.shared_rows} names indices {bad}, but constraint_data has "
+                f"{len(data)} tensors."
+            )
+        flags = [i not in self.shared_rows for i in range(len(data))]
+        for i, (d, f) in enumerate(zip(data, flags, strict=True)):
+            if f and (d.ndim < 2 or d.shape[1] != points):
+                raise ValueError(
+                    f"constraint_data[{i}] is not in shared_rows, so it must be per-point with "
+                    f"shape (B, P={points}, ...); got {tuple(d.shape)}."
+                )
+        return flags
+
+    def forward(
+        self, basis: Tensor, constraint_data: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, LeastSquaresResult]:
+        """Solve every expert and blend: ``(u, result)``.
+
+        Args:
+            basis: ``(B, P, N)`` basis functions, ``P = prod(grid_shape)`` points in C order.
+            constraint_data: Tensors with leading dimension ``B``; per-point ones (see the class
+                docstring) are restricted to each expert's block.
+
+        Returns:
+            ``u`` of shape ``(B, P)`` in ``basis``'s dtype, and a ``LeastSquaresResult`` whose
+            fields have an expert axis after the batch axis: ``omega`` ``(B, K, N)``, the others
+            ``(B, K)``.
+
+        Raises:
+            ValueError: If ``basis`` is not a floating ``(B, P, N)`` tensor with
+                ``P = prod(grid_shape)``, or ``constraint_data`` does not match it.
+        """
+        _check_basis(basis)
+        batch, points, _ = basis.shape
+        if points != math.prod(self.grid_shape):
+            raise ValueError(
+                f"basis has P={points} points, but grid_shape={self.grid_shape} has "
+                f"{math.prod(self.grid_shape)}; basis must be (B, prod(grid_shape), N)."
+            )
+        data = _check_data(constraint_data, batch)
+        per_point = self._per_point(data, points)
+        u = basis.new_zeros(batch, points)
+        parts: dict[int, tuple[LeastSquaresResult, int]] = {}
+        for group in self._groups:
+            g = len(group)
+            idx = torch.stack([self._indices[k] for k in group]).to(basis.device)  # (G, Pg)
+
+            def restrict(t: Tensor, point: bool, idx: Tensor = idx, g: int = g) -> Tensor:
+                # Per-point: (B, G, Pg, ...); shared: the whole tensor for each of the G experts.
+                t = t[:, idx] if point else t.unsqueeze(1).expand(batch, g, *t.shape[1:])
+                return t.reshape(batch * g, *t.shape[2:])
+
+            block_basis = restrict(basis, True)
+            block_data = tuple(restrict(d, f) for d, f in zip(data, per_point, strict=True))
+            u_g, res = self.layer(block_basis, block_data)
+            w = torch.stack([self._weights[k] for k in group]).to(basis)  # (G, Pg)
+            contrib = (u_g.reshape(batch, g, -1) * w).reshape(batch, -1)
+            u = u.index_add(1, idx.reshape(-1), contrib)
+            for j, k in enumerate(group):
+                parts[k] = (res, j)
+
+        def gather(field: str) -> Tensor:
+            cols = []
+            for k in range(self.experts):
+                res, j = parts[k]
+                t = getattr(res, field)
+                cols.append(t.reshape(batch, -1, *t.shape[1:])[:, j])
+            return torch.stack(cols, dim=1)
+
+        result = LeastSquaresResult(
+            omega=gather("omega"),
+            iterations=gather("iterations"),
+            residual_norm=gather("residual_norm"),
+            gradient_norm=gather("gradient_norm"),
+            converged=gather("converged"),
+        )
+        return u, result
+
+    def extra_repr(self) -> str:
+        return (
+            f"experts={self.experts}, partition={self.partition}, grid_shape={self.grid_shape}, "
+            f"overlap={self.overlap}, shared_rows={self.shared_rows}"
+        )

@@ -1,0 +1,186 @@
+"""Hard-constraint layer and mixture of experts vs explicit linear least squares (arXiv 2402.13412).
+
+The constraint is linear (finite-difference heat equation ``u_t = κ u_xx`` plus initial-condition
+rows), so the layer's Levenberg-Marquardt solve and implicit backward must agree with
+``torch.linalg.lstsq`` on the stacked system and with autograd through the normal equations.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_dyn.nn import HardConstraintLayer, HardConstraintMoE
+
+T, X, N, B = 6, 8, 5, 2
+P = T * X
+KAPPA, DT, DX, RIDGE = 0.1, 0.5, 0.5, 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _fd_matrices() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward-difference D_t, central D_xx on the C-ordered (T, X) grid; interior and IC masks."""
+    dt = torch.zeros(P, P, dtype=torch.float64)
+    dxx = torch.zeros(P, P, dtype=torch.float64)
+    pde = torch.zeros(P, dtype=torch.float64)
+    ic = torch.zeros(P, dtype=torch.float64)
+    for t in range(T):
+        for x in range(X):
+            p = t * X + x
+            if t == 0:
+                ic[p] = 1.0
+            if t < T - 1 and 0 < x < X - 1:
+                pde[p] = 1.0
+                dt[p, p + X], dt[p, p] = 1 / DT, -1 / DT
+                dxx[p, p - 1], dxx[p, p], dxx[p, p + 1] = 1 / DX**2, -2 / DX**2, 1 / DX**2
+    return dt, dxx, pde, ic
+
+
+def heat_residual(omega, basis, dt_phi, dxx_phi, pde_mask, ic_mask, u0):
+    pde = pde_mask * (dt_phi @ omega - KAPPA * (dxx_phi @ omega))
+    ic = ic_mask * (basis @ omega - u0)
+    return torch.cat([pde, ic])
+
+
+def _problem(seed: int = 0, requires_grad: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(B, P, N, dtype=torch.float64, generator=g).requires_grad_(requires_grad)
+    dt, dxx, pde, ic = _fd_matrices()
+    u0 = torch.sin(torch.linspace(0, 3, X, dtype=torch.float64)).repeat(T) * ic
+    data = (dt @ basis, dxx @ basis, pde.expand(B, P), ic.expand(B, P), u0.expand(B, P))
+    return basis, data
+
+
+def _explicit_system(basis, data):
+    dt_phi, dxx_phi, pde, ic, u0 = data
+    n = basis.shape[-1]
+    ridge = RIDGE * torch.eye(n, dtype=basis.dtype).expand(basis.shape[0], n, n)
+    a = torch.cat([pde[..., None] * (dt_phi - KAPPA * dxx_phi), ic[..., None] * basis, ridge], 1)
+    zeros = torch.zeros_like(pde)
+    b = torch.cat([zeros, ic * u0, torch.zeros(basis.shape[0], n, dtype=basis.dtype)], 1)
+    return a, b
+
+
+def test_layer_matches_lstsq():
+    basis, data = _problem()
+    u, result = HardConstraintLayer(heat_residual, ridge=RIDGE)(basis, data)
+    a, b = _explicit_system(basis, data)
+    omega = torch.linalg.lstsq(a, b.unsqueeze(-1)).solution.squeeze(-1)
+    assert result.converged.all()
+    torch.testing.assert_close(result.omega, omega, atol=1e-8, rtol=0)
+    torch.testing.assert_close(u, (basis @ omega[..., None]).squeeze(-1), atol=1e-8, rtol=0)
+    assert u.shape == (B, P) and u.dtype == basis.dtype
+
+
+def test_layer_gradient_matches_normal_equations():
+    weights = torch.randn(B, P, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    basis, data = _problem(requires_grad=True)
+    u, _ = HardConstraintLayer(heat_residual, ridge=RIDGE)(basis, data)
+    (grad,) = torch.autograd.grad((weights * u.sin()).sum(), basis)
+
+    basis_ref, data_ref = _problem(requires_grad=True)
+    a, b = _explicit_system(basis_ref, data_ref)
+    omega = torch.linalg.solve(a.mT @ a, a.mT @ b.unsqueeze(-1))
+    u_ref = (basis_ref @ omega).squeeze(-1)
+    (grad_ref,) = torch.autograd.grad((weights * u_ref.sin()).sum(), basis_ref)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-8, rtol=0)
+
+
+def test_moe_single_expert_is_the_layer():
+    basis, data = _problem()
+    u, result = HardConstraintLayer(heat_residual, ridge=RIDGE)(basis, data)
+    moe = HardConstraintMoE(heat_residual, 1, (1, 1), (T, X), ridge=RIDGE)
+    u_moe, result_moe = moe(basis, data)
+    torch.testing.assert_close(u_moe, u, atol=1e-12, rtol=0)
+    torch.testing.assert_close(result_moe.omega[:, 0], result.omega, atol=1e-12, rtol=0)
+    assert result_moe.converged.shape == (B, 1)
+
+
+def _half(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Columns ``lo:hi`` of the (T, X) grid of a per-point (B, P, ...) tensor."""
+    grid = t.reshape(t.shape[0], T, X, *t.shape[2:])[:, :, lo:hi]
+    return grid.reshape(t.shape[0], T * (hi - lo), *t.shape[2:])
+
+
+def test_moe_two_blocks_without_overlap_are_independent_layers():
+    basis, data = _problem()
+    moe = HardConstraintMoE(heat_residual, 2, (1, 2), (T, X), ridge=RIDGE)
+    u, result = moe(basis, data)
+    layer = HardConstraintLayer(heat_residual, ridge=RIDGE)
+    for k, (lo, hi) in enumerate([(0, X // 2), (X // 2, X)]):
+        u_half, res = layer(_half(basis, lo, hi), tuple(_half(d, lo, hi) for d in data))
+        torch.testing.assert_close(_half(u[..., None], lo, hi)[..., 0], u_half, atol=1e-12, rtol=0)
+        torch.testing.assert_close(result.omega[:, k], res.omega, atol=1e-12, rtol=0)
+    assert torch.equal(moe.blend_weights().sum(0), torch.ones(P, dtype=torch.float64))
+
+
+def test_moe_overlap_blends_between_experts():
+    basis, data = _problem()
+    overlap = 2
+    moe = HardConstraintMoE(heat_residual, 2, (1, 2), (T, X), ridge=RIDGE, overlap=overlap)
+    u, result = moe(basis, data)
+    weights = moe.blend_weights().reshape(2, T, X)
+    torch.testing.assert_close(weights.sum(0), torch.ones(T, X, dtype=torch.float64))
+    # Expert 1's weight ramps up linearly across the 2 * overlap shared columns.
+    ramp = (torch.arange(2 * overlap, dtype=torch.float64) + 0.5) / (2 * overlap)
+    edge = X // 2
+    torch.testing.assert_close(weights[1, 0, edge - overlap : edge + overlap], ramp)
+    assert (weights[1, :, : edge - overlap] == 0).all() and (
+        weights[1, :, edge + overlap :] == 1
+    ).all()
+    # Each expert is the layer solved on its extended block.
+    layer = HardConstraintLayer(heat_residual, ridge=RIDGE)
+    for k, (lo, hi) in enumerate([(0, edge + overlap), (edge - overlap, X)]):
+        _, res = layer(_half(basis, lo, hi), tuple(_half(d, lo, hi) for d in data))
+        torch.testing.assert_close(result.omega[:, k], res.omega, atol=1e-12, rtol=0)
+    # In the shared columns u lies between the two experts' fields.
+    experts = (basis.unsqueeze(1) @ result.omega.unsqueeze(-1)).squeeze(-1).reshape(B, 2, T, X)
+    cols = slice(edge - overlap, edge + overlap)
+    lo, hi = experts[:, :, :, cols].min(1).values, experts[:, :, :, cols].max(1).values
+    u_cols = u.reshape(B, T, X)[:, :, cols]
+    assert (u_cols >= lo - 1e-12).all() and (u_cols <= hi + 1e-12).all()
+    assert not torch.allclose(experts[:, 0], experts[:, 1])
+
+
+def test_moe_gradient_reaches_basis():
+    basis, data = _problem(requires_grad=True)
+    moe = HardConstraintMoE(heat_residual, 2, (1, 2), (T, X), ridge=RIDGE, overlap=1)
+    u, _ = moe(basis, data)
+    (grad,) = torch.autograd.grad(u.square().sum(), basis)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"experts": 3, "partition": (1, 2)}, "partition"),
+        ({"experts": 2, "partition": (1, 2), "overlap": -1}, "overlap"),
+        ({"experts": 2, "partition": (1, 2), "overlap": 3}, "overlap"),
+        ({"experts": 2, "partition": (2,)}, "partition"),
+        ({"experts": 2, "partition": (1, 2), "ridge": -1.0}, "ridge"),
+    ],
+)
+def test_moe_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        HardConstraintMoE(heat_residual, grid_shape=(T, X), **kwargs)
+
+
+def test_bad_basis_rank():
+    basis, data = _problem()
+    with pytest.raises(ValueError, match="basis"):
+        HardConstraintLayer(heat_residual)(basis[0], data)
+    moe = HardConstraintMoE(heat_residual, 2, (1, 2), (T, X))
+    with pytest.raises(ValueError, match="basis"):
+        moe(basis[..., 0], data)
+    with pytest.raises(ValueError, match="grid_shape"):
+        moe(basis[:, :-1], tuple(d[:, :-1] for d in data))
+    with pytest.raises(ValueError, match=r"constraint_data\[0\]"):
+        HardConstraintLayer(heat_residual)(basis, (data[0][:1],))
