@@ -19,10 +19,12 @@ independent, so they are batched (vmapped) together, and each is smaller and bet
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_dyn._checks import check_choice, check_positive_int
@@ -210,6 +212,30 @@ class HardConstraintMoE(nn.Module):
     taking the rest, so the weights sum to 1 at every point. ``overlap`` is limited to half the
     smallest block along each partitioned axis so that the ramps do not meet.
 
+    Expert parallelism (``expert_parallel``): the ``K`` solves are split over the ranks of the
+    default ``torch.distributed`` process group; rank ``r`` of ``W`` solves experts ``r, r + W,
+    r + 2W, ...`` only. This is expert parallelism, NOT data parallelism: every rank must call
+    ``forward`` with the SAME ``basis`` and ``constraint_data`` (the same batch, e.g. the same
+    seed and sampler on every rank, or a replicated basis network fed the same input). The
+    per-expert solutions ``ω`` (``(B, K_local, N)``, padded to the largest share ``ceil(K / W)``
+    when ``W`` does not divide ``K``) are exchanged with the autograd-aware
+    ``torch.distributed.nn.functional.all_gather``, put back in expert order, and every rank
+    assembles the full ``u`` and returns the full ``LeastSquaresResult`` (the diagnostics are
+    gathered with a plain ``all_gather``). Results equal the single-process ones up to rounding.
+
+    Gradients under expert parallelism follow all-reduce-AVERAGE semantics (DDP's default): no
+    scaling is applied. When every rank computes the same loss of the outputs, the backward of the
+    autograd ``all_gather`` sums the ``W`` identical ``∂L/∂ω_k`` into the rank that solved expert
+    ``k``, so the implicit (through-the-solve) part of a rank's ``basis`` / ``constraint_data``
+    gradient is ``W ×`` that of its own experts, while the direct part (``u = Σ_k w_k Φ ω_k``
+    differentiated in ``Φ``, and any other use of ``basis`` in the loss) is computed in full, once,
+    on every rank. Averaging over ranks gives ``direct + Σ_r implicit_r`` = the single-process
+    gradient, for ``basis``, ``constraint_data`` and the parameters of a replicated network that
+    produced them. A single rank's gradient alone is NOT the single-process gradient: the
+    gradients must be averaged over the group (DDP does this; without DDP call
+    ``dist.all_reduce(g)`` and divide by ``W``). With all-reduce-SUM semantics instead, scale the
+    loss by ``1 / W``.
+
     Args:
         residual_fn: As for ``HardConstraintLayer``, called on one block of one sample.
         experts: Number of experts ``K``; must equal the product of ``partition``.
@@ -222,6 +248,10 @@ class HardConstraintMoE(nn.Module):
         max_iter: Most Levenberg-Marquardt iterations per solve (``>= 1``).
         tol: Convergence tolerance on ``‖J^T r‖``.
         on_failure: ``"warn"``, ``"raise"`` or ``"ignore"`` when some solves did not converge.
+        expert_parallel: ``"auto"`` (default): split the experts over the ranks when
+            ``torch.distributed`` is available and initialised with world size > 1, at each
+            ``forward``; ``True``: always (``forward`` raises ``ValueError`` if no process group is
+            initialised); ``False``: always solve every expert locally.
 
     Raises:
         ValueError: If an argument has the wrong type or value, e.g. ``experts`` is not the
@@ -241,8 +271,14 @@ class HardConstraintMoE(nn.Module):
         max_iter: int = 50,
         tol: float = 1e-10,
         on_failure: str = "warn",
+        expert_parallel: bool | str = "auto",
     ) -> None:
         super().__init__()
+        if not (isinstance(expert_parallel, bool) or expert_parallel == "auto"):
+            raise ValueError(
+                f"expert_parallel must be True, False or 'auto'; got {expert_parallel!r}."
+            )
+        self.expert_parallel = expert_parallel
         self.layer = HardConstraintLayer(residual_fn, ridge, max_iter, tol, on_failure)
         check_positive_int("experts", experts)
         grid = tuple(grid_shape) if isinstance(grid_shape, Sequence) else None
@@ -381,9 +417,61 @@ class HardConstraintMoE(nn.Module):
             )
         data = _check_data(constraint_data, batch)
         per_point = self._per_point(data, points)
+        world, rank = self._world()
+        mine = list(range(rank, self.experts, world))
+        omega, stats = self._solve(basis, data, per_point, mine)
+        if world > 1:
+            omega, stats = self._exchange(omega, stats, world)
         u = basis.new_zeros(batch, points)
-        parts: dict[int, tuple[LeastSquaresResult, int]] = {}
         for group in self._groups:
+            idx = torch.stack([self._indices[k] for k in group]).to(basis.device)  # (G, Pg)
+            w = torch.stack([self._weights[k] for k in group]).to(basis)  # (G, Pg)
+            om = omega[:, group].to(basis.dtype).unsqueeze(-1)  # (B, G, N, 1)
+            contrib = (basis[:, idx] @ om).squeeze(-1) * w  # (B, G, Pg)
+            u = u.index_add(1, idx.reshape(-1), contrib.reshape(batch, -1))
+        result = LeastSquaresResult(
+            omega=omega,
+            iterations=stats[..., 0].round().long(),
+            residual_norm=stats[..., 1],
+            gradient_norm=stats[..., 2],
+            converged=stats[..., 3] > 0.5,
+        )
+        return u, result
+
+    def _world(self) -> tuple[int, int]:
+        """``(world_size, rank)`` to split the experts over; ``(1, 0)`` when local."""
+        initialised = dist.is_available() and dist.is_initialized()
+        if self.expert_parallel is True and not initialised:
+            raise ValueError(
+                "expert_parallel=True needs an initialised torch.distributed process group "
+                "(call torch.distributed.init_process_group first), or use "
+                "expert_parallel='auto' or False."
+            )
+        if self.expert_parallel is False or not initialised:
+            return 1, 0
+        return dist.get_world_size(), dist.get_rank()
+
+    def _solve(
+        self,
+        basis: Tensor,
+        data: tuple[Tensor, ...],
+        per_point: list[bool],
+        experts: list[int],
+    ) -> tuple[Tensor, Tensor]:
+        """Solve ``experts``: float64 ``ω`` ``(B, len, N)`` and diagnostics ``(B, len, 4)``.
+
+        The diagnostics are iterations, residual norm, gradient norm and converged (as 0/1),
+        stacked in float64 so that they travel in one collective.
+        """
+        batch = basis.shape[0]
+        where = {k: j for j, k in enumerate(experts)}
+        omegas: list[Tensor | None] = [None] * len(experts)
+        stats: list[Tensor | None] = [None] * len(experts)
+        layer = self.layer
+        for full_group in self._groups:
+            group = [k for k in full_group if k in where]
+            if not group:
+                continue
             g = len(group)
             idx = torch.stack([self._indices[k] for k in group]).to(basis.device)  # (G, Pg)
 
@@ -394,32 +482,60 @@ class HardConstraintMoE(nn.Module):
 
             block_basis = restrict(basis, True)
             block_data = tuple(restrict(d, f) for d, f in zip(data, per_point, strict=True))
-            u_g, res = self.layer(block_basis, block_data)
-            w = torch.stack([self._weights[k] for k in group]).to(basis)  # (G, Pg)
-            contrib = (u_g.reshape(batch, g, -1) * w).reshape(batch, -1)
-            u = u.index_add(1, idx.reshape(-1), contrib)
+            res = solve_least_squares(
+                layer._residual,
+                (block_basis, *block_data),
+                basis.new_zeros(batch * g, basis.shape[2], dtype=torch.float64),
+                max_iter=layer.max_iter,
+                tol=layer.tol,
+                on_failure=layer.on_failure,
+            )
+            om = res.omega.reshape(batch, g, -1)
+            st = torch.stack(
+                [
+                    res.iterations.to(torch.float64),
+                    res.residual_norm.to(torch.float64),
+                    res.gradient_norm.to(torch.float64),
+                    res.converged.to(torch.float64),
+                ],
+                dim=-1,
+            ).reshape(batch, g, 4)
             for j, k in enumerate(group):
-                parts[k] = (res, j)
+                omegas[where[k]] = om[:, j]
+                stats[where[k]] = st[:, j]
+        if not experts:  # more ranks than experts: this rank solves none
+            empty = basis.new_zeros(batch, 0, basis.shape[2], dtype=torch.float64)
+            # The gather's backward is a collective: take part in it whenever the others do.
+            differentiable = any(t.requires_grad for t in (basis, *data))
+            empty.requires_grad_(torch.is_grad_enabled() and differentiable)
+            return empty, basis.new_zeros(batch, 0, 4, dtype=torch.float64)
+        return torch.stack(omegas, dim=1), torch.stack(stats, dim=1)  # type: ignore[arg-type]
 
-        def gather(field: str) -> Tensor:
-            cols = []
-            for k in range(self.experts):
-                res, j = parts[k]
-                t = getattr(res, field)
-                cols.append(t.reshape(batch, -1, *t.shape[1:])[:, j])
-            return torch.stack(cols, dim=1)
+    def _exchange(self, omega: Tensor, stats: Tensor, world: int) -> tuple[Tensor, Tensor]:
+        """All-gather every rank's experts ``r::world`` (padded) and return them in expert order."""
+        share = -(-self.experts // world)
+        pad = share - omega.shape[1]
+        if pad:
+            omega = torch.cat([omega, omega.new_zeros(omega.shape[0], pad, omega.shape[2])], 1)
+            stats = torch.cat([stats, stats.new_zeros(stats.shape[0], pad, 4)], 1)
+        import torch.distributed.nn.functional as dist_nn
 
-        result = LeastSquaresResult(
-            omega=gather("omega"),
-            iterations=gather("iterations"),
-            residual_norm=gather("residual_norm"),
-            gradient_norm=gather("gradient_norm"),
-            converged=gather("converged"),
+        with warnings.catch_warnings():
+            # Deprecated in favour of functional collectives, but it is the autograd-aware
+            # all_gather for eager process groups (gloo included).
+            warnings.filterwarnings("ignore", r".*all_gather is deprecated", FutureWarning)
+            omegas = dist_nn.all_gather(omega)
+        all_stats = [torch.empty_like(stats) for _ in range(world)]
+        dist.all_gather(all_stats, stats.contiguous())
+        order = [(k % world, k // world) for k in range(self.experts)]
+        return (
+            torch.stack([omegas[r][:, j] for r, j in order], dim=1),
+            torch.stack([all_stats[r][:, j] for r, j in order], dim=1),
         )
-        return u, result
 
     def extra_repr(self) -> str:
         return (
             f"experts={self.experts}, partition={self.partition}, grid_shape={self.grid_shape}, "
-            f"overlap={self.overlap}, shared_rows={self.shared_rows}"
+            f"overlap={self.overlap}, shared_rows={self.shared_rows}, "
+            f"expert_parallel={self.expert_parallel!r}"
         )
