@@ -1,6 +1,7 @@
 """``torch.nn.Module``s built on ``lightning_dyn.functional``."""
 
-from lightning_dyn.nn.hard_constraint import HardConstraintLayer, HardConstraintMoE
+from lightning_dyn.nn.hard_constraint import HardConstraintLayer
+from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
 from lightning_dyn.nn.neural_collapse_statistics import NeuralCollapseStatistics
 from lightning_dyn.nn.stablemax import StableMaxCrossEntropyLoss, StableMaxHead
 
