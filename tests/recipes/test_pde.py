@@ -1,0 +1,168 @@
+"""The Burgers recipe: soft, hard and mixture-of-experts hard constraints (issue 8)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from harness import parameters_of, quiet_trainer
+
+from lightning_dyn.recipes.pde import (
+    BurgersDataModule,
+    BurgersModule,
+    burgers_residual,
+    relative_l2,
+)
+
+TINY = {"n_x": 16, "n_t": 9}
+MODEL = {**TINY, "n_basis": 4, "width": 16}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    # Small float64 solves are far slower with several intra-op threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data() -> BurgersDataModule:
+    dm = BurgersDataModule(**TINY, n_train=4, n_val=2, batch_size=2)
+    dm.setup()
+    return dm
+
+
+def _module(constraint: str, seed: int = 0, **kwargs) -> BurgersModule:
+    torch.manual_seed(seed)
+    return BurgersModule(constraint, **{**MODEL, **kwargs})
+
+
+def test_data_module_shapes_and_seeds(data: BurgersDataModule) -> None:
+    u0, u_ref = data.train_set.tensors
+    v0, v_ref = data.val_set.tensors
+    assert u0.shape == (4, 16) and u_ref.shape == (4, 9, 16)
+    assert v0.shape == (2, 16) and v_ref.shape == (2, 9, 16)
+    assert u0.dtype == u_ref.dtype == torch.float64
+    assert torch.equal(u_ref[:, 0], u0)
+    assert not torch.allclose(u0[:2], v0)  # different seeds
+
+
+def test_residual_is_small_on_a_fine_reference() -> None:
+    # The time stencil is second order: the residual of the RK4 reference shrinks with dt.
+    dm = BurgersDataModule(n_x=32, n_t=65, n_train=2, n_val=1)
+    dm.setup()
+    _, u_ref = dm.train_set.tensors
+    r = burgers_residual(u_ref, 1.0, 0.02)
+    assert r.shape == (2, 64, 32)
+    coarse = burgers_residual(u_ref[:, ::4], 1.0, 0.02)
+    # Second order in dt: 4x coarser in time gives a residual ~16x larger (>8x here).
+    assert r.pow(2).mean().sqrt() < coarse.pow(2).mean().sqrt() / 8
+
+
+@pytest.mark.parametrize("constraint", ["soft", "hard", "moe"])
+def test_each_arm_trains(constraint: str, data: BurgersDataModule, tmp_path: Path) -> None:
+    model = _module(constraint)
+    before = parameters_of(model)
+    trainer = quiet_trainer(tmp_path, max_steps=3)
+    trainer.fit(model, datamodule=data)
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"])
+    assert torch.isfinite(metrics["val/rel_l2"])
+    logged = trainer.logger.keys()
+    assert {"train/loss", "train/rel_l2", "val/rel_l2"} <= logged
+    if constraint != "soft":
+        assert {"train/lm_iterations", "train/lm_residual"} <= logged
+    after = parameters_of(model)
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("trunk") for k in moved)
+    assert any(k.startswith("branch") for k in moved)
+    assert all(v.dtype == torch.float64 for v in after.values())
+
+
+@pytest.mark.parametrize("constraint", ["soft", "hard", "moe"])
+def test_initial_condition_holds_exactly(constraint: str, data: BurgersDataModule) -> None:
+    u0, _ = data.train_set.tensors
+    u, _ = _module(constraint)(u0)
+    assert u.shape == (4, 9, 16)
+    assert torch.equal(u[:, 0], u0)
+
+
+def test_hard_constraint_is_enforced(data: BurgersDataModule) -> None:
+    u0, _ = data.train_set.tensors
+    soft, hard = _module("soft"), _module("hard", lm_iterations=50)
+    # Same seed, same construction order: the same basis network.
+    for p, q in zip(soft.trunk.parameters(), hard.trunk.parameters(), strict=True):
+        assert torch.equal(p, q)
+    with torch.no_grad():
+        u_soft, _ = soft(u0)
+        soft_loss = burgers_residual(u_soft, 1.0, 0.02).pow(2).sum()
+    u_hard, result = hard(u0)
+    r = burgers_residual(u_hard, 1.0, 0.02)
+    # The stationarity condition: ∇_ω ½‖[r; ridge ω]‖² = Jᵀr ≈ 0 at the solution.
+    assert result.converged.all()
+    assert (result.gradient_norm < 1e-8).all()
+    # The solver's residual (precomputed stencils) is that of the assembled field.
+    ridge_sq = (1e-4 * result.omega).pow(2).sum(1)
+    field_sq = r.pow(2).flatten(1).sum(1)
+    torch.testing.assert_close(result.residual_norm.pow(2) - ridge_sq, field_sq.detach())
+    # ω* minimises the residual on this basis: no worse than the soft arm's ω on the same basis.
+    assert r.pow(2).sum() < soft_loss
+    # Gradients reach the basis network through the implicit backward.
+    r.pow(2).mean().backward()
+    grads = [p.grad for p in hard.trunk.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_moe_solves_each_block(data: BurgersDataModule) -> None:
+    u0, _ = data.train_set.tensors
+    moe = _module("moe", experts=2, partition=(1, 2), overlap=1, lm_iterations=50)
+    _, result = moe(u0)
+    assert result.omega.shape == (4, 2, 4)
+    assert (result.gradient_norm < 1e-6).all()
+
+
+def test_relative_l2() -> None:
+    ref = torch.ones(2, 3, 4, dtype=torch.float64)
+    assert relative_l2(ref, ref) == 0
+    assert torch.isclose(relative_l2(1.5 * ref, ref), torch.tensor(0.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"constraint": "medium"}, "constraint"),
+        ({"n_basis": 0}, "n_basis"),
+        ({"constraint": "moe", "experts": 3, "partition": (1, 4)}, "partition"),
+        ({"constraint": "moe", "experts": 4, "partition": (1, 4), "overlap": -1}, "overlap"),
+        ({"lm_iterations": 0}, "lm_iterations"),
+        ({"n_t": 2}, "n_t"),
+    ],
+)
+def test_bad_module_arguments(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        BurgersModule(**{**MODEL, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"n_t": 2}, "n_t"),
+        ({"nu": 0.0}, "nu"),
+        ({"n_modes": 8}, "n_modes"),
+        ({"substeps": 0}, "substeps"),
+    ],
+)
+def test_bad_data_arguments(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        BurgersDataModule(**{**TINY, **kwargs})
+
+
+def test_grid_mismatch_is_reported(data: BurgersDataModule) -> None:
+    u0, _ = data.train_set.tensors
+    with pytest.raises(ValueError, match="n_x"):
+        BurgersModule("soft", n_basis=4, width=8, n_x=32, n_t=9)(u0)
