@@ -170,3 +170,24 @@ def test_neural_collapse_experiment_logs_nc_metrics(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"^\s*nc/nc4\s+0$", done.stdout, re.MULTILINE)
     assert list(run_dir.glob("csv/version_*/media/nc_gram/step_*.png"))
+
+
+def test_pde_recipe_runs_each_constraint_arm(tmp_path: Path) -> None:
+    for arm in ("soft", "moe"):
+        run_dir = tmp_path / arm
+        done = _run(
+            tmp_path,
+            "recipe=pde",
+            f"recipe.module.constraint={arm}",
+            "recipe.module.partition=[1,2]",
+            "recipe.module.experts=2",
+            "recipe.datamodule.n_x=16",
+            "recipe.datamodule.n_t=9",
+            "recipe.datamodule.n_train=8",
+            "recipe.module.n_basis=4",
+            "logger=csv",
+            "trainer.max_steps=4",
+            f"hydra.run.dir={run_dir}",
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert re.search(r"^\s*val/rel_l2\s+\d", done.stdout, re.MULTILINE), done.stdout

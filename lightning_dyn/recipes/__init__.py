@@ -19,6 +19,7 @@ from lightning_dyn.recipes.opposing_signals import (
     digits_images,
     synthetic_images,
 )
+from lightning_dyn.recipes.pde import BurgersDataModule, BurgersModule
 from lightning_dyn.recipes.tiny_lm import (
     STDLIB_EXCLUDED_DIRS,
     CharCorpusDataModule,
@@ -29,6 +30,8 @@ from lightning_dyn.recipes.tiny_lm import (
 
 __all__ = [
     "STDLIB_EXCLUDED_DIRS",
+    "BurgersDataModule",
+    "BurgersModule",
     "CharCorpusDataModule",
     "GaussianMixtureDataModule",
     "GaussianMixtureModule",
