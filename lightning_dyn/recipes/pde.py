@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -291,6 +292,7 @@ class BurgersModule(pl.LightningModule):
                 expert_parallel=False,
             )
         self.optimizer_factory = optimizer or _default_optimizer()
+        self.last_solve_seconds = 0.0  # wall time of the latest forward solve, for logging
         self.double()
 
     def _residual_fn(
@@ -342,7 +344,9 @@ class BurgersModule(pl.LightningModule):
         rows = (n_t - 1) * n_x
         b_rows = tuple(v.reshape(batch, rows, -1) for v in b_rows)
         a_rows = tuple(v.reshape(batch, rows) for v in a_rows)
+        start = time.perf_counter()
         u_rows, result = self.solver(b_rows[0], (*b_rows[1:], *a_rows))
+        self.last_solve_seconds = time.perf_counter() - start
         u_rest = a_rows[0] + u_rows
         u = torch.cat([u0[:, None, :], u_rest.reshape(batch, n_t - 1, n_x)], dim=1)
         return u, result
@@ -365,6 +369,9 @@ class BurgersModule(pl.LightningModule):
             self.log(f"{stage}/lm_iterations", iters, batch_size=n, sync_dist=True)
             res = result.residual_norm.detach().mean()
             self.log(f"{stage}/lm_residual", res, batch_size=n, sync_dist=True)
+            # Wall time of this rank's forward solve (the implicit backward is not included).
+            solve_ms = 1e3 * self.last_solve_seconds
+            self.log(f"{stage}/solve_ms", solve_ms, batch_size=n, sync_dist=True)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
