@@ -190,6 +190,22 @@ def burgers_residual(u: Tensor, t_final: float, nu: float) -> Tensor:
     return v_t + v * v_x - nu * v_xx
 
 
+def interface_mask(shape: tuple[int, int], partition: tuple[int, int]) -> Tensor:
+    """``(T', X)`` bool mask of the grid points next to an inner block edge (both sides).
+
+    Blocks are uniform as in :class:`HardConstraintMoE` (``n // parts`` points, the remainder in
+    the last block); an edge at index ``e`` marks rows (or columns) ``e - 1`` and ``e``.
+    """
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for axis, (n, parts) in enumerate(zip(shape, partition, strict=True)):
+        for k in range(1, parts):
+            edge = k * (n // parts)
+            index = [slice(None), slice(None)]
+            index[axis] = slice(edge - 1, edge + 1)
+            mask[tuple(index)] = True
+    return mask
+
+
 def relative_l2(u: Tensor, u_ref: Tensor) -> Tensor:
     """Mean over the batch of ``‖u - u_ref‖ / ‖u_ref‖`` (norms over all grid points)."""
     diff = (u - u_ref).flatten(1).norm(dim=1)
@@ -213,8 +229,11 @@ class BurgersModule(pl.LightningModule):
 
     Everything is float64. Logs ``train/loss`` (``mean(r²)``), ``train/rel_l2`` and
     ``val/rel_l2`` (against the reference), and for ``hard``/``moe`` ``train/lm_iterations``
-    (mean over samples and experts) and ``train/lm_residual`` (mean ``‖r‖`` at the solution,
-    ridge rows included, per solve).
+    (mean over samples and experts), ``train/lm_residual`` (mean ``‖r‖`` at the solution,
+    ridge rows included, per solve) and ``train/solve_ms`` (wall time of the forward solve);
+    for ``moe`` also ``train/interface_residual_share``, the share of ``Σ r²`` on the grid
+    points next to inner block edges (``interface_mask``): near 1 when the experts' fields jump
+    at their interfaces.
 
     Args:
         constraint: ``"soft"``, ``"hard"`` or ``"moe"`` (see the module docstring).
@@ -372,6 +391,12 @@ class BurgersModule(pl.LightningModule):
             # Wall time of this rank's forward solve (the implicit backward is not included).
             solve_ms = 1e3 * self.last_solve_seconds
             self.log(f"{stage}/solve_ms", solve_ms, batch_size=n, sync_dist=True)
+        if self.constraint == "moe":
+            # Where the residual sits: next to block edges (interface jumps) or in the bulk.
+            r2 = burgers_residual(u.detach(), self.t_final, self.nu).pow(2)
+            mask = interface_mask(tuple(r2.shape[1:]), self.solver.partition).to(r2.device)
+            share = r2[:, mask].sum() / r2.sum().clamp_min(1e-300)
+            self.log(f"{stage}/interface_residual_share", share, batch_size=n, sync_dist=True)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

@@ -76,6 +76,9 @@ def test_each_arm_trains(constraint: str, data: BurgersDataModule, tmp_path: Pat
     assert {"train/loss", "train/rel_l2", "val/rel_l2"} <= logged
     if constraint != "soft":
         assert {"train/lm_iterations", "train/lm_residual", "train/solve_ms"} <= logged
+    if constraint == "moe":
+        share = float(metrics["train/interface_residual_share"])
+        assert 0.0 <= share <= 1.0
     after = parameters_of(model)
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert any(k.startswith("trunk") for k in moved)
@@ -166,3 +169,17 @@ def test_grid_mismatch_is_reported(data: BurgersDataModule) -> None:
     u0, _ = data.train_set.tensors
     with pytest.raises(ValueError, match="n_x"):
         BurgersModule("soft", n_basis=4, width=8, n_x=32, n_t=9)(u0)
+
+
+def test_interface_mask_marks_both_sides_of_inner_edges() -> None:
+    from lightning_dyn.recipes.pde import interface_mask
+
+    mask = interface_mask((4, 10), (1, 2))
+    assert mask[:, 4].all() and mask[:, 5].all()
+    assert mask.sum() == 8  # two columns of 4 rows; no time edges with one time block
+    mask = interface_mask((6, 9), (2, 3))  # time edge at 3, space edges at 3 and 6
+    expected = torch.zeros(6, 9, dtype=torch.bool)
+    expected[2:4, :] = True
+    expected[:, 2:4] = True
+    expected[:, 5:7] = True
+    assert torch.equal(mask, expected)
