@@ -182,6 +182,39 @@ def _check_finite_at(mask: Tensor, jac: Tensor, r: Tensor, where: str) -> None:
         )
 
 
+def _try_step(
+    rj: Callable,
+    matrix: Tensor,
+    g: Tensor,
+    mask: Tensor,
+    params: tuple[Tensor, ...],
+    state: tuple[Tensor, Tensor, Tensor, Tensor],
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Solve ``matrix · step = -g``, try it, keep it per problem where it improves (``_improves``).
+
+    ``state`` is ``(ω, J, r, f)``; returns ``(solved, step, accept, new state)``. Problems outside
+    ``mask``, or whose solve failed or is not finite, take no step.
+    """
+    omega, jac, r, f = state
+    step, info = torch.linalg.solve_ex(matrix, -g)
+    solved = mask & (info == 0) & torch.isfinite(step).all(-1)
+    step = torch.where(solved[:, None], step, 0.0)
+    jac_try, r_try = rj(omega + step, params)
+    f_try = 0.5 * r_try.square().sum(-1)
+    accept = solved & _improves(f_try, _gradient(jac_try, r_try), f, g)
+    return (
+        solved,
+        step,
+        accept,
+        (
+            torch.where(accept[:, None], omega + step, omega),
+            torch.where(accept[:, None, None], jac_try, jac),
+            torch.where(accept[:, None], r_try, r),
+            torch.where(accept, f_try, f),
+        ),
+    )
+
+
 def _levenberg_marquardt(
     rj: Callable,
     omega: Tensor,
@@ -212,17 +245,10 @@ def _levenberg_marquardt(
             break
         iterations += active
         a = jac.mT @ jac + lam[:, None, None] * eye
-        step, info = torch.linalg.solve_ex(a, -g)
-        solved = active & (info == 0) & torch.isfinite(step).all(-1)
-        step = torch.where(solved[:, None], step, 0.0)
-        jac_try, r_try = rj(omega + step, params)
-        f_try = 0.5 * r_try.square().sum(-1)
-        accept = solved & _improves(f_try, _gradient(jac_try, r_try), f, g)
         # A non-finite trial residual or Jacobian is a rejected step (the damping grows).
-        omega = torch.where(accept[:, None], omega + step, omega)
-        jac = torch.where(accept[:, None, None], jac_try, jac)
-        r = torch.where(accept[:, None], r_try, r)
-        f = torch.where(accept, f_try, f)
+        solved, step, accept, (omega, jac, r, f) = _try_step(
+            rj, a, g, active, params, (omega, jac, r, f)
+        )
         lam = torch.where(accept, lam * 0.1, torch.where(active, lam * 10.0, lam))
         lam = lam.clamp(_DAMPING_MIN, _DAMPING_MAX)
         # Stop a problem whose step no longer moves it (stalled or converged to rounding); the
@@ -250,16 +276,10 @@ def _newton_polish(
     batched_hessian = vmap(hessian(objective))
     for _ in range(steps):
         g = _gradient(jac, r)
-        step, info = torch.linalg.solve_ex(batched_hessian(omega, params), -g)
-        solved = (info == 0) & torch.isfinite(step).all(-1)
-        step = torch.where(solved[:, None], step, 0.0)
-        jac_try, r_try = rj(omega + step, params)
-        f_try = 0.5 * r_try.square().sum(-1)
-        accept = solved & _improves(f_try, _gradient(jac_try, r_try), f, g)
-        omega = torch.where(accept[:, None], omega + step, omega)
-        jac = torch.where(accept[:, None, None], jac_try, jac)
-        r = torch.where(accept[:, None], r_try, r)
-        f = torch.where(accept, f_try, f)
+        everyone = torch.ones_like(f, dtype=torch.bool)
+        _, _, _, (omega, jac, r, f) = _try_step(
+            rj, batched_hessian(omega, params), g, everyone, params, (omega, jac, r, f)
+        )
     return omega, jac, r
 
 
