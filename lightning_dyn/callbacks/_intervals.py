@@ -19,3 +19,12 @@ def warn_unless_multiple(owner: str, interval: int | None, trainer: pl.Trainer) 
             f"log_every_n_steps={every}; Lightning sends step metrics to the loggers only every "
             f"{every} steps, so some values will not be recorded."
         )
+
+
+def due_at_step(step: int, last_step: int, every: int) -> bool:
+    """Whether a callback acting every ``every`` optimizer steps acts at ``step``.
+
+    ``on_train_batch_end`` runs once per micro-batch: under gradient accumulation the same
+    ``global_step`` comes several times, and only its first call (``step != last_step``) acts.
+    """
+    return step != last_step and step % every == 0

@@ -77,12 +77,17 @@ def _fetch(dataset: Any, indices: list[int], loader: DataLoader) -> Any:
 
 
 def build_probe(
-    trainer: pl.Trainer, probe: Sequence[int] | DataLoader | None, probe_size: int, seed: int
+    trainer: pl.Trainer,
+    probe: Sequence[int] | DataLoader | None,
+    probe_size: int,
+    seed: int,
+    first: bool = False,
 ) -> Probe:
     """Draw the probe and move this rank's share (every ``world_size``-th position) to device.
 
     ``probe`` is a list of training-set indices, a ``DataLoader`` read once in full, or ``None``
-    for ``probe_size`` training examples drawn at random (fixed by ``seed``), sorted by index.
+    for ``probe_size`` training examples drawn at random (fixed by ``seed``), sorted by index, or
+    with ``first=True`` the first ``probe_size`` examples by index.
     """
     world, rank = trainer.world_size, trainer.global_rank
     if isinstance(probe, DataLoader):
@@ -96,11 +101,14 @@ def build_probe(
     if loader is None or not hasattr(loader, "dataset"):
         raise ValueError(
             "the probe is drawn from the training set, which needs a map-style training "
-            f"DataLoader; got {type(loader).__name__}. Pass probe=<a DataLoader> instead."
+            f"DataLoader; got {type(loader).__name__}. Where the callback takes a probe "
+            "argument, pass a DataLoader as probe instead."
         )
     dataset = loader.dataset
     n = len(dataset)
-    if probe is None:
+    if probe is None and first:
+        indices = torch.arange(min(probe_size, n))
+    elif probe is None:
         gen = torch.Generator().manual_seed(seed)
         indices = torch.randperm(n, generator=gen)[: min(probe_size, n)].sort().values
     else:

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_dyn._checks import check_positive_int
-from lightning_dyn.callbacks._intervals import warn_unless_multiple
+from lightning_dyn.callbacks._intervals import due_at_step, warn_unless_multiple
 from lightning_dyn.loggers import log_figure
 
 
@@ -51,7 +51,7 @@ class LayerwiseLRMonitor(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any):
         step = trainer.global_step
-        if step == self._last_step or step % self.every_n_steps:
+        if not due_at_step(step, self._last_step, self.every_n_steps):
             return
         self._last_step = step
         lrs: dict[str, float] = {}

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from lightning_dyn._checks import check_fraction, check_positive_int
 from lightning_dyn.callbacks._features import FeatureCapture, last_linear_name
+from lightning_dyn.callbacks._intervals import due_at_step
 from lightning_dyn.callbacks._outlier_report import log_detection
 from lightning_dyn.callbacks._probe import Probe, build_probe, gather_by_position, take
 from lightning_dyn.callbacks.softmax_collapse import LogitsFn, forward_first_input
@@ -218,7 +219,7 @@ class OutlierPairDetector(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
         step = trainer.global_step
-        if step == self._last_step or step % self.every_n_steps:
+        if not due_at_step(step, self._last_step, self.every_n_steps):
             return  # a micro-batch of an accumulating step, or not an evaluating step
         self._last_step = step
         if self._probe is None:

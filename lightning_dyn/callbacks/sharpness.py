@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn.callbacks._intervals import due_at_step
 from lightning_dyn.callbacks._optimizer_scaling import optimizer_scaling
 from lightning_dyn.callbacks._probe import Probe, build_probe, take
 from lightning_dyn.functional.classification_losses import one_hot_square_loss
@@ -166,7 +167,7 @@ class SharpnessMonitor(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
         step = trainer.global_step
-        if step == self._last_step or step % self.every_n_steps:
+        if not due_at_step(step, self._last_step, self.every_n_steps):
             return  # a micro-batch of an accumulating step, or not a measuring step
         self._last_step = step
         if torch.is_inference_mode_enabled():

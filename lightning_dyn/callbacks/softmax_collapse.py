@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn.callbacks._intervals import due_at_step
+from lightning_dyn.callbacks._probe import build_probe
 from lightning_dyn.functional.classification_losses import classification_loss
 from lightning_dyn.functional.perp_grad import nlm_cosines
 from lightning_dyn.functional.softmax_collapse import (
@@ -87,31 +89,15 @@ class SoftmaxCollapseMonitor(pl.Callback):
     def state_key(self) -> str:
         return self._generate_state_key(every_n_steps=self.every_n_steps, loss=self.loss)
 
-    def _build_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-        loader = trainer.train_dataloader
-        if loader is None or not hasattr(loader, "dataset"):
-            raise ValueError(
-                "SoftmaxCollapseMonitor needs a map-style training DataLoader to draw its probe "
-                f"from; got {type(loader).__name__}."
-            )
-        dataset = loader.dataset
-        size = min(self.probe_size, len(dataset))
-        indices = list(range(trainer.global_rank, size, trainer.world_size))
-        if hasattr(dataset, "__getitems__"):
-            batch = loader.collate_fn(dataset.__getitems__(indices))
-        else:
-            batch = loader.collate_fn([dataset[i] for i in indices])
-        return trainer.strategy.batch_to_device(batch)
-
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
         step = trainer.global_step
-        if step == self._last_step or step % self.every_n_steps:
+        if not due_at_step(step, self._last_step, self.every_n_steps):
             return  # a micro-batch of an accumulating step, or not a measuring step
         self._last_step = step
         if self._probe is None:
-            self._probe = self._build_probe(trainer, pl_module)
+            self._probe = build_probe(trainer, None, self.probe_size, 0, first=True).batch
         was_training = pl_module.training
         pl_module.eval()
         try:
