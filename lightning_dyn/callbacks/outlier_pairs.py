@@ -21,6 +21,7 @@ from lightning_dyn.callbacks._probe import Probe, build_probe, gather_by_positio
 from lightning_dyn.callbacks.softmax_collapse import LogitsFn, forward_first_input
 from lightning_dyn.functional.opposing_signals import (
     group_gradient_cosine,
+    mean_per_example,
     sketch_gradient,
     top_loss_changes,
 )
@@ -280,7 +281,7 @@ class OutlierPairDetector(pl.Callback):
         for start in range(0, n_local, self.batch_size):
             rows = torch.arange(start, min(start + self.batch_size, n_local))
             outputs, target = self.logits_fn(pl_module, take(probe.batch, rows))
-            losses.append(_per_example(self.loss_fn(outputs, target, reduction="none")))
+            losses.append(mean_per_example(self.loss_fn(outputs, target, reduction="none")))
             targets.append(target)
         self._capture.capturing = False
         local = torch.cat(losses).float()
@@ -397,7 +398,7 @@ class OutlierPairDetector(pl.Callback):
             for start in range(0, len(rows), self.batch_size):
                 chunk = take(self._probe.batch, rows[start : start + self.batch_size])
                 outputs, target = self.logits_fn(pl_module, chunk)
-                loss = _per_example(self.loss_fn(outputs, target, reduction="none")).sum()
+                loss = mean_per_example(self.loss_fn(outputs, target, reduction="none")).sum()
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for total, g in zip(totals, grads, strict=True):
                     if g is not None:
@@ -472,8 +473,3 @@ class OutlierPairDetector(pl.Callback):
         self.detections.extend(state_dict["detections"])
         self._num_detections = state_dict["num_detections"]
         self._first_detection = state_dict["first_detection"]
-
-
-def _per_example(losses: Tensor) -> Tensor:
-    """One loss per example: token- or pixel-level losses are averaged like a mean loss."""
-    return losses.reshape(losses.shape[0], -1).mean(dim=1) if losses.ndim > 1 else losses

@@ -89,11 +89,19 @@ def per_example_loss(
         out = loss_fn(
             model(inputs[start : start + step]), targets[start : start + step], reduction="none"
         )
-        # Token- or pixel-level losses: one number per example, like the mean-reduced loss.
-        chunks.append(out.reshape(out.shape[0], -1).mean(dim=1) if out.ndim > 1 else out)
+        chunks.append(mean_per_example(out))
     if not chunks:
         return torch.empty(0, device=inputs.device)
     return torch.cat(chunks)
+
+
+def mean_per_example(losses: Tensor) -> Tensor:
+    """One loss per example from ``reduction="none"`` losses, ``(N, ...)`` -> ``(N,)``.
+
+    Token- or pixel-level losses are averaged over their extra dimensions, like the mean-reduced
+    loss; ``(N,)`` losses are returned as they are.
+    """
+    return losses.reshape(losses.shape[0], -1).mean(dim=1) if losses.ndim > 1 else losses
 
 
 def top_loss_changes(before: Tensor, after: Tensor, k: int) -> tuple[Tensor, Tensor]:
