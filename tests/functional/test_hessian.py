@@ -25,14 +25,7 @@ METHODS = ("double_backward", "forward_over_reverse")
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tensors are tiny, and on a busy 2-core machine the threads'
-    synchronisation made the file 10-30x slower (61-153 s instead of 5 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:
