@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 
 class TensorBatchDataset(Dataset):
@@ -49,3 +49,17 @@ def tensor_loader(
 def world_and_rank(trainer: Any) -> tuple[int, int]:
     """``(world_size, global_rank)`` of a data module's trainer; ``(1, 0)`` without one."""
     return (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+
+
+def shuffled_shard_loader(
+    dataset: TensorBatchDataset, batch_size: int, trainer: Any, seed: int
+) -> DataLoader:
+    """The training loader of the recipes: reshuffled every epoch, each DDP rank its shard.
+
+    The permutation is drawn from ``seed + epoch`` (Lightning calls ``set_epoch``), so a resumed
+    run sees the same batches as one that never stopped; with one batch per epoch the full batch
+    is the whole training set across ranks.
+    """
+    world, rank = world_and_rank(trainer)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    return tensor_loader(dataset, batch_size, sampler=sampler)

@@ -17,11 +17,14 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DistributedSampler
 
 from lightning_dyn._checks import check_positive_int
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
-from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader, world_and_rank
+from lightning_dyn.recipes._data import (
+    TensorBatchDataset,
+    shuffled_shard_loader,
+    tensor_loader,
+)
 
 
 class GaussianMixtureDataModule(pl.LightningDataModule):
@@ -81,11 +84,8 @@ class GaussianMixtureDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.train_set is not None, "call setup() first"
-        world, rank = world_and_rank(self.trainer)
-        sampler = DistributedSampler(
-            self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
-        )
-        return tensor_loader(self.train_set, self.batch_size or len(self.train_set), sampler)
+        batch_size = self.batch_size or len(self.train_set)
+        return shuffled_shard_loader(self.train_set, batch_size, self.trainer, self.seed)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.val_set is not None, "call setup() first"

@@ -17,12 +17,15 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DistributedSampler
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
 from lightning_dyn.functional.classification_losses import classification_loss
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
-from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader, world_and_rank
+from lightning_dyn.recipes._data import (
+    TensorBatchDataset,
+    shuffled_shard_loader,
+    tensor_loader,
+)
 
 OPERATIONS = ("add", "sub", "mul", "div")
 ARCHITECTURES = ("mlp", "transformer")
@@ -123,14 +126,7 @@ class ModularArithmeticDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.train_set is not None, "call setup() first"
         batch_size = self.batch_size or len(self.train_set)
-        # A fresh permutation every epoch drawn from seed + epoch (Lightning calls set_epoch), so a
-        # resumed run sees the same batches as one that never stopped; under DDP each rank takes
-        # its shard, and the full batch is the whole training set across ranks.
-        world, rank = world_and_rank(self.trainer)
-        sampler = DistributedSampler(
-            self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
-        )
-        return tensor_loader(self.train_set, batch_size, sampler=sampler)
+        return shuffled_shard_loader(self.train_set, batch_size, self.trainer, self.seed)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.test_set is not None, "call setup() first"

@@ -23,12 +23,15 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DistributedSampler
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
 from lightning_dyn.functional.classification_losses import one_hot_square_loss
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
-from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader, world_and_rank
+from lightning_dyn.recipes._data import (
+    TensorBatchDataset,
+    shuffled_shard_loader,
+    tensor_loader,
+)
 
 DATASETS = ("synthetic", "digits")
 SIDE = 8
@@ -185,11 +188,8 @@ class OpposingSignalsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.train_set is not None, "call setup() first"
-        world, rank = world_and_rank(self.trainer)
-        sampler = DistributedSampler(
-            self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
-        )
-        return tensor_loader(self.train_set, self.batch_size or len(self.train_set), sampler)
+        batch_size = self.batch_size or len(self.train_set)
+        return shuffled_shard_loader(self.train_set, batch_size, self.trainer, self.seed)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.val_set is not None, "call setup() first"

@@ -49,13 +49,16 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DistributedSampler
 
 from lightning_dyn._checks import check_choice, check_positive_int
 from lightning_dyn.nn.hard_constraint import HardConstraintLayer
 from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
-from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader, world_and_rank
+from lightning_dyn.recipes._data import (
+    TensorBatchDataset,
+    shuffled_shard_loader,
+    tensor_loader,
+)
 from lightning_dyn.recipes._pde_data import (
     burgers_grid,
     random_sine_ics,
@@ -152,11 +155,7 @@ class BurgersDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.train_set is not None, "call setup() first"
-        world, rank = world_and_rank(self.trainer)
-        sampler = DistributedSampler(
-            self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
-        )
-        return tensor_loader(self.train_set, self.batch_size, sampler)
+        return shuffled_shard_loader(self.train_set, self.batch_size, self.trainer, self.seed)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.val_set is not None, "call setup() first"
