@@ -20,6 +20,7 @@ from torch import nn
 
 from lightning_dyn._checks import check_positive_int
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
+from lightning_dyn.recipes._classifier import classification_step
 from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     shuffled_shard_loader,
@@ -143,13 +144,7 @@ class GaussianMixtureModule(pl.LightningModule):
         return self.model(x)
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        accuracy = (logits.argmax(-1) == y).float().mean()
-        self.log(f"{stage}/loss", loss, batch_size=len(y), sync_dist=True, prog_bar=True)
-        self.log(f"{stage}/acc", accuracy, batch_size=len(y), sync_dist=True, prog_bar=True)
-        return loss
+        return classification_step(self, batch, F.cross_entropy, stage)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

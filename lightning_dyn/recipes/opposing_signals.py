@@ -27,6 +27,7 @@ from torch import nn
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
 from lightning_dyn.functional.classification_losses import one_hot_square_loss
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
+from lightning_dyn.recipes._classifier import classification_step
 from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     shuffled_shard_loader,
@@ -261,14 +262,7 @@ class OpposingSignalsModule(pl.LightningModule):
         return self.model(images)
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
-        images, labels = batch
-        logits = self(images)
-        loss = self.loss_fn(logits, labels)
-        accuracy = (logits.argmax(-1) == labels).float().mean()
-        n = len(labels)
-        self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True, prog_bar=True)
-        self.log(f"{stage}/acc", accuracy, batch_size=n, sync_dist=True, prog_bar=True)
-        return loss
+        return classification_step(self, batch, self.loss_fn, stage)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
