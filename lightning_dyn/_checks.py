@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from typing import Any
 
@@ -26,3 +27,11 @@ def check_fraction(name: str, value: Any, open_low: bool = False, open_high: boo
     ok = ok and (value > 0 if open_low else value >= 0) and (value < 1 if open_high else value <= 1)
     if not ok:
         raise ValueError(f"{name} must be a number in {low}0, 1{high}; got {value!r}.")
+
+
+def check_real(name: str, value: Any, strictly_positive: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite real number ``>= 0`` (or ``> 0``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and (value > 0 if strictly_positive else value >= 0)):
+        bound = "> 0" if strictly_positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}.")

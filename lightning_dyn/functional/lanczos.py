@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn._checks import check_choice, check_positive_int, check_real
 from lightning_dyn.functional.hvp import HessianOperator, _autocast_off, measuring
 
 Operator = HessianOperator | Callable[[Tensor], Tensor]
@@ -131,7 +131,7 @@ class SpectralDensity:
             A float64 CPU tensor shaped like ``grid``; it integrates to 1 over a grid that
             covers the nodes with a margin of a few ``sigma``.
         """
-        _check_positive_number("sigma", sigma)
+        check_real("sigma", sigma, strictly_positive=True)
         if not isinstance(grid, Tensor):
             raise ValueError(f"grid must be a tensor; got {type(grid).__name__}.")
         t = grid.detach().to("cpu", torch.float64).reshape(-1, 1, 1)
@@ -154,12 +154,6 @@ class SpectralDensity:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _check_positive_number(name: str, value: Any) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
 
 
 def _check_seed(seed: Any) -> None:
@@ -390,7 +384,7 @@ def hessian_eigenvalues(
     """
     check_positive_int("k", k)
     check_choice("which", which, EIGEN_WHICH)
-    _check_positive_number("tol", tol)
+    check_real("tol", tol, strictly_positive=True)
     check_choice("reorthogonalize", reorthogonalize, REORTHOGONALIZE)
     _check_seed(seed)
     op = _Op(operator, dim, dtype, device, v0)

@@ -24,7 +24,6 @@ no data-dependent Python control flow).
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.func import grad, hessian, jacfwd, vjp, vmap
 
-from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn._checks import check_choice, check_positive_int, check_real
 
 ResidualFn = Callable[[Tensor, Any], Tensor]
 ON_FAILURE = ("warn", "raise", "ignore")
@@ -75,14 +74,6 @@ class LeastSquaresResult:
     residual_norm: Tensor
     gradient_norm: Tensor
     converged: Tensor
-
-
-def _check_nonnegative_real(name: str, value: Any, strictly: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > 0 if strictly else value >= 0)
-    if not ok:
-        bound = "> 0" if strictly else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}.")
 
 
 def _indices(mask: Tensor) -> str:
@@ -390,8 +381,8 @@ def solve_least_squares(
     """
     tensors, single = _check_inputs(residual_fn, params, omega0)
     check_positive_int("max_iter", max_iter)
-    _check_nonnegative_real("tol", tol)
-    _check_nonnegative_real("damping", damping, strictly=True)
+    check_real("tol", tol)
+    check_real("damping", damping, strictly_positive=True)
     check_positive_int("polish_steps", polish_steps, minimum=0)
     check_choice("on_failure", on_failure, ON_FAILURE)
 

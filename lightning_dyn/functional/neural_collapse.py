@@ -47,7 +47,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn._checks import check_choice, check_positive_int, check_real
 
 NC_TARGETS: tuple[str, ...] = ("etf", "orthogonal", "imbalanced")
 """Target geometries: simplex ETF (centred), orthogonal frame, Dang et al.'s imbalanced frame."""
@@ -94,12 +94,6 @@ def _check_rcond(rcond: float) -> None:
     ok = isinstance(rcond, (int, float)) and not isinstance(rcond, bool)
     if not ok or not 0 <= rcond < 1:
         raise ValueError(f"rcond must be a number in [0, 1); got {rcond!r}.")
-
-
-def _check_decay(name: str, value: float) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not value >= 0 or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
 
 
 # --- sufficient statistics --------------------------------------------------------------------
@@ -526,8 +520,8 @@ def target_gram(
     """
     check_choice("target", target, NC_TARGETS)
     check_choice("kind", kind, _KINDS)
-    _check_decay("weight_decay", weight_decay)
-    _check_decay("feature_decay", feature_decay)
+    check_real("weight_decay", weight_decay)
+    check_real("feature_decay", feature_decay)
     if counts is not None:
         if not isinstance(counts, Tensor) or counts.ndim != 1:
             raise ValueError(f"counts must be a 1-D tensor of shape (K,); got {_shape(counts)}.")

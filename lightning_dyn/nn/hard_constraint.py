@@ -19,14 +19,13 @@ are also more accurate than one solve is what the issue-8 benchmark is to measur
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn._checks import check_choice, check_positive_int, check_real
 from lightning_dyn.functional.least_squares import (
     ON_FAILURE,
     LeastSquaresResult,
@@ -34,12 +33,6 @@ from lightning_dyn.functional.least_squares import (
 )
 
 HardResidualFn = Callable[..., Tensor]
-
-
-def _check_real(name: str, value: Any, minimum: float = 0.0) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not (ok and value >= minimum):
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}; got {value!r}.")
 
 
 def _shape(value: Any) -> Any:
@@ -110,9 +103,9 @@ class HardConstraintLayer(nn.Module):
         super().__init__()
         if not callable(residual_fn):
             raise ValueError(f"residual_fn must be callable; got {type(residual_fn).__name__}.")
-        _check_real("ridge", ridge)
+        check_real("ridge", ridge)
         check_positive_int("max_iter", max_iter)
-        _check_real("tol", tol)
+        check_real("tol", tol)
         check_choice("on_failure", on_failure, ON_FAILURE)
         self.residual_fn = residual_fn
         self.ridge = float(ridge)

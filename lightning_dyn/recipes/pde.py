@@ -50,7 +50,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn._checks import check_choice, check_positive_int, check_real
 from lightning_dyn.nn.hard_constraint import HardConstraintLayer
 from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
@@ -75,13 +75,6 @@ __all__ = [
 ]
 
 CONSTRAINTS = ("soft", "hard", "moe")
-
-
-def _check_real(name: str, value: Any, positive: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not (ok and (value > 0 if positive else value >= 0)):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}.")
 
 
 class BurgersDataModule(pl.LightningDataModule):
@@ -119,8 +112,8 @@ class BurgersDataModule(pl.LightningDataModule):
         super().__init__()
         check_positive_int("n_x", n_x, minimum=3)
         check_positive_int("n_t", n_t, minimum=3)
-        _check_real("nu", nu)
-        _check_real("t_final", t_final)
+        check_real("nu", nu, strictly_positive=True)
+        check_real("t_final", t_final, strictly_positive=True)
         check_positive_int("n_train", n_train)
         check_positive_int("n_val", n_val)
         check_positive_int("n_modes", n_modes)
@@ -267,11 +260,11 @@ class BurgersModule(pl.LightningModule):
         check_positive_int("n_basis", n_basis)
         check_positive_int("width", width)
         check_positive_int("lm_iterations", lm_iterations)
-        _check_real("ridge", ridge, positive=False)
+        check_real("ridge", ridge)
         check_positive_int("n_x", n_x, minimum=3)
         check_positive_int("n_t", n_t, minimum=3)
-        _check_real("nu", nu)
-        _check_real("t_final", t_final)
+        check_real("nu", nu, strictly_positive=True)
+        check_real("t_final", t_final, strictly_positive=True)
         self.save_hyperparameters(ignore=["optimizer"])
         self.constraint, self.nu, self.t_final = constraint, float(nu), float(t_final)
         self.n_x, self.n_t = n_x, n_t
