@@ -14,11 +14,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lightning_dyn._checks import check_positive_int
+from lightning_dyn._checks import check_positive_int, check_real
 from lightning_dyn.functional.least_squares import (
     LeastSquaresResult,
     solve_least_squares,
 )
+from lightning_dyn.nn._moe_interfaces import coupled_residual, interface_jump, interface_pairs
 from lightning_dyn.nn.hard_constraint import (
     HardConstraintLayer,
     HardResidualFn,
@@ -44,6 +45,15 @@ def _ramp(x: Tensor, edge: int, overlap: int) -> Tensor:
     if overlap == 0:
         return (x >= edge).to(torch.float64)
     return ((x - (edge - overlap) + 0.5) / (2 * overlap)).clamp(0.0, 1.0)
+
+
+def _stats(res: LeastSquaresResult) -> Tensor:
+    """Iterations, residual norm, gradient norm, converged (0/1) stacked in float64: ``(…, 4)``.
+
+    One tensor so that the diagnostics travel in one collective.
+    """
+    fields = (res.iterations, res.residual_norm, res.gradient_norm, res.converged)
+    return torch.stack([f.to(torch.float64) for f in fields], dim=-1)
 
 
 class HardConstraintMoE(nn.Module):
@@ -75,6 +85,13 @@ class HardConstraintMoE(nn.Module):
     from ``1/(4o)`` to ``1 - 1/(4o)`` over the ``2o`` points both blocks cover, the other block
     taking the rest, so the weights sum to 1 at every point. ``overlap`` is limited to half the
     smallest block along each partitioned axis so that the ramps do not meet.
+
+    Interface rows (``interface_rows=True``, beyond the paper): the experts are solved as ONE
+    problem in ``(ω_1, …, ω_K)`` whose rows are every expert's own rows plus, for each pair of
+    blocks sharing a face, ``interface_weight · Φ_p (ω_k − ω_j)`` at the points within
+    ``max(1, overlap)`` of the face (``_moe_interfaces.interface_pairs``), so that neighbours
+    agree where they meet. The coupled solve has ``K·N`` unknowns and is not split over ranks.
+    ``interface_jump`` measures the disagreement either way.
 
     Expert parallelism (``expert_parallel``): the ``K`` solves are split over the ranks of the
     default ``torch.distributed`` process group; rank ``r`` of ``W`` solves experts ``r, r + W,
@@ -112,10 +129,14 @@ class HardConstraintMoE(nn.Module):
         max_iter: Most Levenberg-Marquardt iterations per solve (``>= 1``).
         tol: Convergence tolerance on ``‖J^T r‖``.
         on_failure: ``"warn"``, ``"raise"`` or ``"ignore"`` when some solves did not converge.
+        interface_rows: Couple neighbouring experts by continuity rows (see above).
+        interface_weight: Weight of the continuity rows (``> 0``).
         expert_parallel: ``"auto"`` (default): split the experts over the ranks when
             ``torch.distributed`` is available and initialised with world size > 1, at each
             ``forward``; ``True``: always (``forward`` raises ``ValueError`` if no process group is
-            initialised); ``False``: always solve every expert locally.
+            initialised); ``False``: always solve every expert locally. With
+            ``interface_rows=True`` the coupled solve runs whole on every rank (``"auto"``), and
+            ``True`` is refused.
 
     Raises:
         ValueError: If an argument has the wrong type or value, e.g. ``experts`` is not the
@@ -136,12 +157,24 @@ class HardConstraintMoE(nn.Module):
         tol: float = 1e-10,
         on_failure: str = "warn",
         expert_parallel: bool | str = "auto",
+        interface_rows: bool = False,
+        interface_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if not (isinstance(expert_parallel, bool) or expert_parallel == "auto"):
             raise ValueError(
                 f"expert_parallel must be True, False or 'auto'; got {expert_parallel!r}."
             )
+        if not isinstance(interface_rows, bool):
+            raise ValueError(f"interface_rows must be True or False; got {interface_rows!r}.")
+        check_real("interface_weight", interface_weight, strictly_positive=True)
+        if interface_rows and expert_parallel is True:
+            raise ValueError(
+                "interface_rows=True couples the experts into one solve, which cannot be split "
+                "over ranks; use expert_parallel='auto' or False with it."
+            )
+        self.interface_rows = interface_rows
+        self.interface_weight = float(interface_weight)
         self.expert_parallel = expert_parallel
         self.layer = HardConstraintLayer(residual_fn, ridge, max_iter, tol, on_failure)
         check_positive_int("experts", experts)
@@ -191,6 +224,7 @@ class HardConstraintMoE(nn.Module):
         self.overlap = overlap
         self.shared_rows = None if shared_rows is None else tuple(shared_rows)
         self._build_blocks()
+        self._pairs = interface_pairs(grid, parts, overlap)
 
     def _build_blocks(self) -> None:
         """Per expert: flat point indices and blend weights on them; then groups by shape."""
@@ -281,9 +315,12 @@ class HardConstraintMoE(nn.Module):
             )
         data = _check_data(constraint_data, batch)
         per_point = self._per_point(data, points)
-        world, rank = self._world()
-        mine = list(range(rank, self.experts, world))
-        omega, stats = self._solve(basis, data, per_point, mine)
+        if self.interface_rows and self.experts > 1:
+            world, (omega, stats) = 1, self._solve_coupled(basis, data, per_point)
+        else:
+            world, rank = self._world()
+            mine = list(range(rank, self.experts, world))
+            omega, stats = self._solve(basis, data, per_point, mine)
         if world > 1:
             omega, stats = self._exchange(omega, stats, world)
         u = basis.new_zeros(batch, points)
@@ -301,6 +338,33 @@ class HardConstraintMoE(nn.Module):
             converged=stats[..., 3] > 0.5,
         )
         return u, result
+
+    def interface_jump(self, basis: Tensor, omega: Tensor) -> Tensor:
+        """RMS of ``Φ_p (ω_k − ω_j)`` over neighbours' interface points, per sample: ``(B,)``.
+
+        ``omega`` is ``result.omega`` ``(B, K, N)``; zero when there is one expert.
+        """
+        return interface_jump(basis, omega, self._pairs)
+
+    def _solve_coupled(
+        self, basis: Tensor, data: tuple[Tensor, ...], per_point: list[bool]
+    ) -> tuple[Tensor, Tensor]:
+        """All experts and the continuity rows in one solve: ``ω`` ``(B, K, N)``, stats."""
+        batch, _, n_basis = basis.shape
+        layer = self.layer
+        residual = coupled_residual(
+            layer._residual, self._indices, per_point, self._pairs, self.interface_weight, n_basis
+        )
+        res = solve_least_squares(
+            residual,
+            (basis, *data),
+            basis.new_zeros(batch, self.experts * n_basis, dtype=torch.float64),
+            max_iter=layer.max_iter,
+            tol=layer.tol,
+            on_failure=layer.on_failure,
+        )
+        omega = res.omega.reshape(batch, self.experts, n_basis)
+        return omega, _stats(res)[:, None].expand(batch, self.experts, 4)
 
     def _world(self) -> tuple[int, int]:
         """``(world_size, rank)`` to split the experts over; ``(1, 0)`` when local."""
@@ -324,8 +388,7 @@ class HardConstraintMoE(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Solve ``experts``: float64 ``ω`` ``(B, len, N)`` and diagnostics ``(B, len, 4)``.
 
-        The diagnostics are iterations, residual norm, gradient norm and converged (as 0/1),
-        stacked in float64 so that they travel in one collective.
+        The diagnostics are those of ``_stats``.
         """
         batch = basis.shape[0]
         where = {k: j for j, k in enumerate(experts)}
@@ -355,15 +418,7 @@ class HardConstraintMoE(nn.Module):
                 on_failure=layer.on_failure,
             )
             om = res.omega.reshape(batch, g, -1)
-            st = torch.stack(
-                [
-                    res.iterations.to(torch.float64),
-                    res.residual_norm.to(torch.float64),
-                    res.gradient_norm.to(torch.float64),
-                    res.converged.to(torch.float64),
-                ],
-                dim=-1,
-            ).reshape(batch, g, 4)
+            st = _stats(res).reshape(batch, g, 4)
             for j, k in enumerate(group):
                 omegas[where[k]] = om[:, j]
                 stats[where[k]] = st[:, j]
@@ -401,5 +456,5 @@ class HardConstraintMoE(nn.Module):
         return (
             f"experts={self.experts}, partition={self.partition}, grid_shape={self.grid_shape}, "
             f"overlap={self.overlap}, shared_rows={self.shared_rows}, "
-            f"expert_parallel={self.expert_parallel!r}"
+            f"expert_parallel={self.expert_parallel!r}, interface_rows={self.interface_rows}"
         )

@@ -179,3 +179,95 @@ def test_bad_basis_rank():
         moe(basis[:, :-1], tuple(d[:, :-1] for d in data))
     with pytest.raises(ValueError, match=r"constraint_data\[0\]"):
         HardConstraintLayer(heat_residual)(basis, (data[0][:1],))
+
+
+def _joint_system(basis, data, weight):
+    """The interface-rows problem of two column halves as one dense system (ω_0, ω_1)."""
+    blocks = [
+        _explicit_system(_half(basis, lo, hi), tuple(_half(d, lo, hi) for d in data))
+        for lo, hi in [(0, X // 2), (X // 2, X)]
+    ]
+    (a0, b0), (a1, b1) = blocks
+    points = torch.tensor([t * X + x for t in range(T) for x in (X // 2 - 1, X // 2)])
+    phi = weight * basis[:, points]
+    zeros0, zeros1 = torch.zeros_like(a0), torch.zeros_like(a1)
+    a = torch.cat(
+        [torch.cat([a0, zeros0], 2), torch.cat([zeros1, a1], 2), torch.cat([phi, -phi], 2)], 1
+    )
+    b = torch.cat([b0, b1, torch.zeros(B, len(points), dtype=basis.dtype)], 1)
+    return a, b
+
+
+def test_moe_interface_rows_match_the_joint_dense_system():
+    weights = torch.randn(B, P, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    basis, data = _problem(requires_grad=True)
+    moe = HardConstraintMoE(
+        heat_residual, 2, (1, 2), (T, X), ridge=RIDGE, interface_rows=True, interface_weight=3.0
+    )
+    u, result = moe(basis, data)
+    (grad,) = torch.autograd.grad((weights * u.sin()).sum(), basis)
+
+    basis_ref, data_ref = _problem(requires_grad=True)
+    a, b = _joint_system(basis_ref, data_ref, 3.0)
+    omega = torch.linalg.solve(a.mT @ a, a.mT @ b.unsqueeze(-1)).squeeze(-1).reshape(B, 2, N)
+    assert result.converged.all() and result.omega.shape == (B, 2, N)
+    torch.testing.assert_close(result.omega, omega, atol=1e-8, rtol=0)
+    halves = (basis_ref.unsqueeze(1) @ omega.unsqueeze(-1)).squeeze(-1).reshape(B, 2, T, X)
+    u_ref = torch.cat([halves[:, 0, :, : X // 2], halves[:, 1, :, X // 2 :]], 2).reshape(B, P)
+    torch.testing.assert_close(u, u_ref, atol=1e-8, rtol=0)
+    (grad_ref,) = torch.autograd.grad((weights * u_ref.sin()).sum(), basis_ref)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-8, rtol=0)
+
+
+def test_moe_interface_rows_shrink_the_jump():
+    basis, data = _problem()
+    jumps = []
+    for rows, weight in [(False, 1.0), (True, 0.3), (True, 3.0), (True, 30.0)]:
+        moe = HardConstraintMoE(
+            heat_residual,
+            2,
+            (1, 2),
+            (T, X),
+            ridge=RIDGE,
+            interface_rows=rows,
+            interface_weight=weight,
+        )
+        _, result = moe(basis, data)
+        jumps.append(moe.interface_jump(basis, result.omega).mean().item())
+    assert jumps == sorted(jumps, reverse=True) and jumps[-1] < 1e-2 * jumps[0], jumps
+    single = HardConstraintMoE(heat_residual, 1, (1, 1), (T, X))
+    assert single.interface_jump(basis, torch.zeros(B, 1, N)).abs().max() == 0
+
+
+def test_interface_pairs_on_a_two_by_two_partition():
+    from lightning_dyn.nn._moe_interfaces import interface_pairs
+
+    pairs = interface_pairs((4, 6), (2, 2), overlap=0)
+    got = {(k, j): sorted(p.tolist()) for k, j, p in pairs}
+
+    def flat(rows, cols, width=6):
+        return sorted(r * width + c for r in rows for c in cols)
+
+    assert got == {
+        (0, 1): flat(range(0, 2), (2, 3)),
+        (0, 2): flat((1, 2), range(0, 3)),
+        (1, 3): flat((1, 2), range(3, 6)),
+        (2, 3): flat(range(2, 4), (2, 3)),
+    }
+    wide = {(k, j): sorted(p.tolist()) for k, j, p in interface_pairs((4, 6), (1, 2), overlap=1)}
+    assert wide == {(0, 1): flat(range(4), (2, 3))}
+    wider = {(k, j): sorted(p.tolist()) for k, j, p in interface_pairs((4, 8), (1, 2), overlap=2)}
+    assert wider == {(0, 1): flat(range(4), (2, 3, 4, 5), width=8)}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"interface_rows": 1}, "interface_rows"),
+        ({"interface_rows": True, "interface_weight": 0.0}, "interface_weight"),
+        ({"interface_rows": True, "expert_parallel": True}, "interface_rows"),
+    ],
+)
+def test_moe_bad_interface_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        HardConstraintMoE(heat_residual, 2, (1, 2), (T, X), **kwargs)
