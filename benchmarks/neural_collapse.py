@@ -1,11 +1,11 @@
 """Neural collapse on the gaussian_mixture recipe, clean vs random labels, and its cost.
 
 Trains ``experiment=neural_collapse``'s setting (10 classes in 32 dimensions, 1000 training
-points, 3x128 ReLU MLP with BatchNorm, SGD lr 0.05 momentum 0.9 weight decay 5e-4, batch 50) for ``--epochs``
-epochs with ``NeuralCollapseMonitor`` every 10 epochs, once with the true labels and once with
-labels shuffled once (the control). NC1 of the untrained network is computed with the same
-functions (``functional.class_statistics`` + ``nc1``) before training. The figure goes to
-``benchmarks/figures/neural_collapse.png``.
+points, 3x128 ReLU MLP with BatchNorm, SGD lr 0.05 momentum 0.9 weight decay 5e-4, batch 50) for
+``--epochs`` epochs with ``NeuralCollapseMonitor`` every 10 epochs, once with the true labels
+and once with labels shuffled once (the control). NC1 of the untrained network is computed with
+the same functions (``functional.class_statistics`` + ``nc1``) before training. The figure goes
+to ``benchmarks/figures/neural_collapse.png``.
 
 Cost: step time of training with the monitor at every epoch (``nc4="second_pass"``, the Gram
 figure written as a PNG) against the same training without it, whole runs side by side,
