@@ -1,7 +1,8 @@
-"""The registry of every exported callback and optimizer, and the helpers that train them.
+"""The registry of every exported callback, optimizer and strategy, and the helpers that train them.
 
-Each :class:`Entry` pairs one export of ``lightning_dyn.callbacks`` / ``lightning_dyn.optim``
-with a tiny grokking model and the settings it needs. ``test_registry.py`` trains every entry in
+Each :class:`Entry` pairs one export of ``lightning_dyn.callbacks`` / ``optim`` / ``strategies``
+(or a method module of ``lightning_dyn.nn`` that trains inside a recipe) with a tiny model and
+the settings it needs. ``test_registry.py`` trains every entry in
 a real ``Trainer``, fits it twice, resumes it from a checkpoint and runs it under 2-process
 ``ddp_spawn``; an export without an entry fails the suite.
 """
@@ -20,10 +21,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import MixedPrecision
+from lightning.pytorch.strategies import Strategy
 from torch.optim import Optimizer
 from user_models import UserCNN, UserImageData
 
 import lightning_dyn
+import lightning_dyn.strategies
 from lightning_dyn.callbacks import (
     LayerwiseLRMonitor,
     NeuralCollapseMonitor,
@@ -33,7 +36,13 @@ from lightning_dyn.callbacks import (
     SoftmaxCollapseMonitor,
 )
 from lightning_dyn.optim import LANTON
-from lightning_dyn.recipes import ModularArithmeticDataModule, ModularArithmeticModule
+from lightning_dyn.recipes import (
+    ModularArithmeticDataModule,
+    ModularArithmeticModule,
+    PDEDataModule,
+    PDEModule,
+)
+from lightning_dyn.strategies import ExpertParallelStrategy
 
 # p=12: 144 pairs split 72/72, even sizes so that 2-rank DDP needs no padding and a full-batch
 # step on 2 ranks averages to exactly the 1-rank gradient.
@@ -64,6 +73,8 @@ class Entry:
         make_module_and_data: builds a module and data module of the user's own (not from this
             package) in place of the tiny grokking pair; ``module``/``data``/``make_optimizer``
             do not apply then.
+        make_ddp_strategy: builds the 2-process strategy of the DDP test; default
+            ``"ddp_spawn"``.
     """
 
     name: str
@@ -80,6 +91,7 @@ class Entry:
     ddp_rtol: float = 1e-5
     ddp_state_atol: float = 0.0
     make_module_and_data: Callable[[], tuple[pl.LightningModule, Any]] | None = None
+    make_ddp_strategy: Callable[[], Any] | None = None
 
     @property
     def id(self) -> str:
@@ -246,7 +258,46 @@ REGISTRY += [
         ddp_rtol=1e-4,
         ddp_state_atol=1e-6,
     ),
+    Entry(
+        name="HardConstraintMoE",
+        variant="pde-data-parallel",
+        make_module_and_data=lambda: _pde_pair(expert_parallel=False, overlap=1),
+        expect_logged=("train/interface_jump", "train/lm_iterations"),
+        ddp_atol=1e-10,
+    ),
+    Entry(
+        name="HardConstraintMoE",
+        variant="pde-interface-rows",
+        make_module_and_data=lambda: _pde_pair(expert_parallel=False, interface_rows=True),
+        expect_logged=("train/interface_jump",),
+        ddp_atol=1e-10,
+    ),
+    Entry(
+        name="ExpertParallelStrategy",
+        make_module_and_data=lambda: _pde_pair(expert_parallel="auto"),
+        expect_logged=("train/interface_jump", "train/solve_ms"),
+        make_ddp_strategy=lambda: ExpertParallelStrategy(
+            start_method="spawn", process_group_backend="gloo"
+        ),
+        ddp_atol=1e-10,
+    ),
 ]
+
+
+def _pde_pair(**moe: Any) -> tuple[PDEModule, PDEDataModule]:
+    """The pde recipe at toy size, K=2 experts in space, full batch (2 per rank under DDP)."""
+    grid = {"n_x": 16, "n_t": 9}
+    module = PDEModule(
+        constraint="moe",
+        experts=2,
+        partition=(1, 2),
+        n_basis=4,
+        width=16,
+        figure=False,
+        **grid,
+        **moe,
+    )
+    return module, PDEDataModule(**grid, n_train=4, n_val=2, batch_size=4)
 
 
 def _label_groups(indices: torch.Tensor, batch: Any) -> torch.Tensor:
@@ -255,9 +306,14 @@ def _label_groups(indices: torch.Tensor, batch: Any) -> torch.Tensor:
 
 
 def exported_names() -> set[str]:
-    """Every public callback and optimizer class the package exports."""
+    """Every public callback, optimizer and strategy class the package exports."""
     names = set()
-    for package, base in ((lightning_dyn.callbacks, pl.Callback), (lightning_dyn.optim, Optimizer)):
+    packages = (
+        (lightning_dyn.callbacks, pl.Callback),
+        (lightning_dyn.optim, Optimizer),
+        (lightning_dyn.strategies, Strategy),
+    )
+    for package, base in packages:
         for name in package.__all__:
             obj = getattr(package, name)
             if isinstance(obj, type) and issubclass(obj, base):

@@ -172,6 +172,19 @@ def test_neural_collapse_experiment_logs_nc_metrics(tmp_path: Path) -> None:
     assert list(run_dir.glob("csv/version_*/media/nc_gram/step_*.png"))
 
 
+# The pde recipe at toy size: K=2 experts (when constraint=moe), a 16 x 9 grid, 4 steps.
+TINY_PDE = (
+    "recipe.module.partition=[1,2]",
+    "recipe.module.experts=2",
+    "recipe.datamodule.n_x=16",
+    "recipe.datamodule.n_t=9",
+    "recipe.datamodule.n_train=8",
+    "recipe.module.n_basis=4",
+    "logger=csv",
+    "trainer.max_steps=4",
+)
+
+
 def test_pde_recipe_runs_each_constraint_arm(tmp_path: Path) -> None:
     for arm in ("soft", "moe"):
         run_dir = tmp_path / arm
@@ -179,15 +192,25 @@ def test_pde_recipe_runs_each_constraint_arm(tmp_path: Path) -> None:
             tmp_path,
             "recipe=pde",
             f"recipe.module.constraint={arm}",
-            "recipe.module.partition=[1,2]",
-            "recipe.module.experts=2",
-            "recipe.datamodule.n_x=16",
-            "recipe.datamodule.n_t=9",
-            "recipe.datamodule.n_train=8",
-            "recipe.module.n_basis=4",
-            "logger=csv",
-            "trainer.max_steps=4",
+            *TINY_PDE,
             f"hydra.run.dir={run_dir}",
         )
         assert done.returncode == 0, done.stderr[-3000:]
         assert re.search(r"^\s*val/rel_l2\s+\d", done.stdout, re.MULTILINE), done.stdout
+
+
+@pytest.mark.ddp
+def test_pde_recipe_splits_experts_over_two_processes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = _run(
+        tmp_path,
+        "recipe=pde",
+        "recipe.problem=diffusion_sorption",
+        "recipe.module.constraint=moe",
+        *TINY_PDE,
+        "trainer=expert_parallel_cpu",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^\s*val/rel_l2\s+\d", done.stdout, re.MULTILINE), done.stdout
+    assert list(run_dir.glob("csv/version_*/media/pde_field/step_*.png"))

@@ -56,6 +56,28 @@ def _stats(res: LeastSquaresResult) -> Tensor:
     return torch.stack([f.to(torch.float64) for f in fields], dim=-1)
 
 
+def _check_same_input(basis: Tensor, world: int) -> None:
+    """Raise on every rank if the ranks were given different ``basis`` (e.g. data-parallel DDP).
+
+    Expert parallelism assembles rank ``r``'s experts into every rank's field, which is only
+    right when all ranks solve the same problems; a data-parallel sampler would make the result
+    silently wrong. One all-gather of three numbers (batch size, sum, sum of squares) per forward.
+    """
+    flat = basis.detach().to(torch.float64)
+    probe = torch.stack([flat.new_tensor(float(basis.shape[0])), flat.sum(), flat.square().sum()])
+    probes = [torch.empty_like(probe) for _ in range(world)]
+    dist.all_gather(probes, probe)
+    if not all(torch.allclose(p, probes[0], rtol=1e-9, atol=0.0) for p in probes):
+        raise ValueError(
+            "HardConstraintMoE splits its experts over the ranks (expert_parallel="
+            "'auto' with an initialised process group, or True), which needs the SAME basis on "
+            "every rank, but the ranks' inputs differ (batch size, sum, sum of squares per rank: "
+            f"{[p.tolist() for p in probes]}). Under data-parallel DDP pass "
+            "expert_parallel=False; to split the experts, give every rank the same batches "
+            "(lightning_dyn.strategies.ExpertParallelStrategy does)."
+        )
+
+
 class HardConstraintMoE(nn.Module):
     """Mixture of hard-constraint experts: one ``ω_k`` per block of the grid (arXiv 2402.13412).
 
@@ -97,7 +119,11 @@ class HardConstraintMoE(nn.Module):
     default ``torch.distributed`` process group; rank ``r`` of ``W`` solves experts ``r, r + W,
     r + 2W, ...`` only. This is expert parallelism, NOT data parallelism: every rank must call
     ``forward`` with the SAME ``basis`` and ``constraint_data`` (the same batch, e.g. the same
-    seed and sampler on every rank, or a replicated basis network fed the same input). The
+    seed and sampler on every rank, or a replicated basis network fed the same input); with
+    Lightning, train with ``lightning_dyn.strategies.ExpertParallelStrategy``. Each forward
+    checks this (one all-gather of the batch size and two sums of ``basis``) and raises
+    ``ValueError`` on every rank if the inputs differ, e.g. under data-parallel DDP, where
+    ``expert_parallel=False`` is what is wanted. The
     per-expert solutions ``ω`` (``(B, K_local, N)``, padded to the largest share ``ceil(K / W)``
     when ``W`` does not divide ``K``) are exchanged with the autograd-aware
     ``torch.distributed.nn.functional.all_gather``, put back in expert order, and every rank
@@ -319,6 +345,8 @@ class HardConstraintMoE(nn.Module):
             world, (omega, stats) = 1, self._solve_coupled(basis, data, per_point)
         else:
             world, rank = self._world()
+            if world > 1:
+                _check_same_input(basis, world)
             mine = list(range(rank, self.experts, world))
             omega, stats = self._solve(basis, data, per_point, mine)
         if world > 1:

@@ -19,7 +19,8 @@ from lightning_dyn.recipes.opposing_signals import (
     digits_images,
     synthetic_images,
 )
-from lightning_dyn.recipes.pde import BurgersDataModule, BurgersModule
+from lightning_dyn.recipes.pde import PDEModule
+from lightning_dyn.recipes.pde_datamodule import PDEDataModule
 from lightning_dyn.recipes.tiny_lm import (
     STDLIB_EXCLUDED_DIRS,
     CharCorpusDataModule,
@@ -30,8 +31,6 @@ from lightning_dyn.recipes.tiny_lm import (
 
 __all__ = [
     "STDLIB_EXCLUDED_DIRS",
-    "BurgersDataModule",
-    "BurgersModule",
     "CharCorpusDataModule",
     "GaussianMixtureDataModule",
     "GaussianMixtureModule",
@@ -43,6 +42,8 @@ __all__ = [
     "ModularTransformer",
     "OpposingSignalsDataModule",
     "OpposingSignalsModule",
+    "PDEDataModule",
+    "PDEModule",
     "TinyGPT",
     "TinyLMModule",
     "digits_images",

@@ -47,8 +47,18 @@ def tensor_loader(
 
 
 def world_and_rank(trainer: Any) -> tuple[int, int]:
-    """``(world_size, global_rank)`` of a data module's trainer; ``(1, 0)`` without one."""
-    return (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+    """How many shards and which one a data module's trainer asks for; ``(1, 0)`` without one.
+
+    The strategy's ``distributed_sampler_kwargs`` when it has them (what Lightning's own sampler
+    injection uses, so ``ExpertParallelStrategy`` gives every rank the whole set), else
+    ``(world_size, global_rank)``.
+    """
+    if not trainer:
+        return 1, 0
+    kwargs = getattr(getattr(trainer, "strategy", None), "distributed_sampler_kwargs", None)
+    if kwargs:
+        return kwargs["num_replicas"], kwargs["rank"]
+    return trainer.world_size, trainer.global_rank
 
 
 def shuffled_shard_loader(

@@ -1,3 +1,5 @@
 """Lightning strategies, only for methods that themselves span devices."""
 
-__all__: list[str] = []
+from lightning_dyn.strategies.expert_parallel import ExpertParallelStrategy
+
+__all__ = ["ExpertParallelStrategy"]

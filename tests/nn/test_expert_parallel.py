@@ -64,6 +64,24 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+def _different_inputs_worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    try:
+        basis, data = _problem(seed=rank)  # what a data-parallel sampler would give each rank
+        try:
+            _moe("auto")(basis, data)
+            message = "no error"
+        except ValueError as error:
+            message = str(error)
+        (Path(out) / f"rank{rank}.txt").write_text(message)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,6 +109,16 @@ def test_two_ranks_match_one_process(tmp_path: Path) -> None:
     mean = sum(out["grad"] for out in ranks) / WORLD
     torch.testing.assert_close(mean, ref["grad"], atol=1e-10, rtol=0)
     assert not torch.allclose(ranks[0]["grad"], ref["grad"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.ddp
+def test_different_inputs_on_the_ranks_raise_on_every_rank(tmp_path: Path) -> None:
+    # Data-parallel DDP with expert_parallel='auto' would assemble experts solved on different
+    # batches: every rank must refuse (and none may hang).
+    mp.spawn(_different_inputs_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
+    for r in range(WORLD):
+        message = (tmp_path / f"rank{r}.txt").read_text()
+        assert "SAME basis" in message and "expert_parallel=False" in message, message
 
 
 def test_auto_without_process_group_is_local() -> None:

@@ -1,4 +1,4 @@
-"""The Burgers recipe: soft, hard and mixture-of-experts hard constraints (issue 8)."""
+"""The pde recipe: soft, hard and mixture-of-experts hard constraints (issue 8)."""
 
 from __future__ import annotations
 
@@ -8,33 +8,35 @@ import pytest
 import torch
 from harness import parameters_of, quiet_trainer
 
-from lightning_dyn.recipes.pde import (
-    BurgersDataModule,
-    BurgersModule,
-    burgers_residual,
-    relative_l2,
-)
+from lightning_dyn.recipes import PDEDataModule, PDEModule
+from lightning_dyn.recipes._pde_problems import make_problem, pde_residual
+from lightning_dyn.recipes.pde import relative_l2
 
 TINY = {"n_x": 16, "n_t": 9}
-MODEL = {**TINY, "n_basis": 4, "width": 16}
+MODEL = {**TINY, "n_basis": 4, "width": 16, "figure": False}
+BURGERS = make_problem("burgers", None)
+
+
+def burgers_residual(u: torch.Tensor) -> torch.Tensor:
+    return pde_residual(BURGERS, u, 1.0)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data() -> BurgersDataModule:
-    dm = BurgersDataModule(**TINY, n_train=4, n_val=2, batch_size=2)
+def data() -> PDEDataModule:
+    dm = PDEDataModule(**TINY, n_train=4, n_val=2, batch_size=2)
     dm.setup()
     return dm
 
 
-def _module(constraint: str, seed: int = 0, **kwargs) -> BurgersModule:
+def _module(constraint: str, seed: int = 0, **kwargs) -> PDEModule:
     torch.manual_seed(seed)
-    return BurgersModule(constraint, **{**MODEL, **kwargs})
+    return PDEModule(constraint=constraint, **{**MODEL, **kwargs})
 
 
-def test_data_module_shapes_and_seeds(data: BurgersDataModule) -> None:
+def test_data_module_shapes_and_seeds(data: PDEDataModule) -> None:
     u0, u_ref = data.train_set.tensors
     v0, v_ref = data.val_set.tensors
     assert u0.shape == (4, 16) and u_ref.shape == (4, 9, 16)
@@ -46,19 +48,39 @@ def test_data_module_shapes_and_seeds(data: BurgersDataModule) -> None:
 
 def test_residual_is_small_on_a_fine_reference() -> None:
     # The time stencil is second order: the residual of the RK4 reference shrinks with dt.
-    dm = BurgersDataModule(n_x=32, n_t=65, n_train=2, n_val=1)
+    dm = PDEDataModule(n_x=32, n_t=65, n_train=2, n_val=1)
     dm.setup()
     _, u_ref = dm.train_set.tensors
-    r = burgers_residual(u_ref, 1.0, 0.02)
+    r = burgers_residual(u_ref)
     assert r.shape == (2, 64, 32)
-    coarse = burgers_residual(u_ref[:, ::4], 1.0, 0.02)
+    coarse = burgers_residual(u_ref[:, ::4])
     # Second order in dt: 4x coarser in time gives a residual ~16x larger (>8x here).
     assert r.pow(2).mean().sqrt() < coarse.pow(2).mean().sqrt() / 8
 
 
-@pytest.mark.parametrize("constraint", ["soft", "hard", "moe"])
-def test_each_arm_trains(constraint: str, data: BurgersDataModule, tmp_path: Path) -> None:
-    model = _module(constraint)
+@pytest.fixture(scope="module")
+def sorption() -> PDEDataModule:
+    dm = PDEDataModule("diffusion_sorption", **TINY, n_train=4, n_val=2, batch_size=2)
+    dm.setup()
+    return dm
+
+
+ARMS = [
+    ("burgers", "soft", {}),
+    ("burgers", "hard", {}),
+    ("burgers", "moe", {}),
+    ("burgers", "moe", {"interface_rows": True}),
+    ("diffusion_sorption", "hard", {}),
+    ("diffusion_sorption", "moe", {"overlap": 1, "interface_rows": True}),
+]
+
+
+@pytest.mark.parametrize(("problem", "constraint", "kwargs"), ARMS)
+def test_each_arm_trains(
+    problem: str, constraint: str, kwargs: dict, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    data = request.getfixturevalue("data" if problem == "burgers" else "sorption")
+    model = _module(constraint, problem=problem, **kwargs)
     before = parameters_of(model)
     trainer = quiet_trainer(tmp_path, max_steps=3)
     trainer.fit(model, datamodule=data)
@@ -72,6 +94,7 @@ def test_each_arm_trains(constraint: str, data: BurgersDataModule, tmp_path: Pat
     if constraint == "moe":
         share = float(metrics["train/interface_residual_share"])
         assert 0.0 <= share <= 1.0
+        assert float(metrics["train/interface_jump"]) > 0
     after = parameters_of(model)
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert any(k.startswith("trunk") for k in moved)
@@ -80,24 +103,27 @@ def test_each_arm_trains(constraint: str, data: BurgersDataModule, tmp_path: Pat
 
 
 @pytest.mark.parametrize("constraint", ["soft", "hard", "moe"])
-def test_initial_condition_holds_exactly(constraint: str, data: BurgersDataModule) -> None:
+def test_initial_condition_holds_exactly(constraint: str, data: PDEDataModule) -> None:
     u0, _ = data.train_set.tensors
     u, _ = _module(constraint)(u0)
     assert u.shape == (4, 9, 16)
     assert torch.equal(u[:, 0], u0)
 
 
-def test_hard_constraint_is_enforced(data: BurgersDataModule) -> None:
+@pytest.mark.parametrize("problem", ["burgers", "diffusion_sorption"])
+def test_hard_constraint_is_enforced(problem: str, request: pytest.FixtureRequest) -> None:
+    data = request.getfixturevalue("data" if problem == "burgers" else "sorption")
     u0, _ = data.train_set.tensors
-    soft, hard = _module("soft"), _module("hard", lm_iterations=50)
+    soft = _module("soft", problem=problem)
+    hard = _module("hard", problem=problem, lm_iterations=50)
     # Same seed, same construction order: the same basis network.
     for p, q in zip(soft.trunk.parameters(), hard.trunk.parameters(), strict=True):
         assert torch.equal(p, q)
     with torch.no_grad():
         u_soft, _ = soft(u0)
-        soft_loss = burgers_residual(u_soft, 1.0, 0.02).pow(2).sum()
+        soft_loss = pde_residual(soft.problem, u_soft, soft.t_final).pow(2).sum()
     u_hard, result = hard(u0)
-    r = burgers_residual(u_hard, 1.0, 0.02)
+    r = pde_residual(hard.problem, u_hard, hard.t_final)
     # The stationarity condition: ∇_ω ½‖[r; ridge ω]‖² = Jᵀr ≈ 0 at the solution.
     assert result.converged.all()
     assert (result.gradient_norm < 1e-8).all()
@@ -114,7 +140,7 @@ def test_hard_constraint_is_enforced(data: BurgersDataModule) -> None:
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-def test_moe_solves_each_block(data: BurgersDataModule) -> None:
+def test_moe_solves_each_block(data: PDEDataModule) -> None:
     u0, _ = data.train_set.tensors
     moe = _module("moe", experts=2, partition=(1, 2), overlap=1, lm_iterations=50)
     _, result = moe(u0)
@@ -141,7 +167,7 @@ def test_relative_l2() -> None:
 )
 def test_bad_module_arguments(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
-        BurgersModule(**{**MODEL, **kwargs})
+        PDEModule(**{**MODEL, **kwargs})
 
 
 @pytest.mark.parametrize(
@@ -150,18 +176,19 @@ def test_bad_module_arguments(kwargs: dict, name: str) -> None:
         ({"n_t": 2}, "n_t"),
         ({"nu": 0.0}, "nu"),
         ({"n_modes": 8}, "n_modes"),
-        ({"substeps": 0}, "substeps"),
+        ({"problem": "heat"}, "problem"),
+        ({"problem": "diffusion_sorption", "nu": 0.1}, "nu"),
     ],
 )
 def test_bad_data_arguments(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
-        BurgersDataModule(**{**TINY, **kwargs})
+        PDEDataModule(**{**TINY, **kwargs})
 
 
-def test_grid_mismatch_is_reported(data: BurgersDataModule) -> None:
+def test_grid_mismatch_is_reported(data: PDEDataModule) -> None:
     u0, _ = data.train_set.tensors
     with pytest.raises(ValueError, match="n_x"):
-        BurgersModule("soft", n_basis=4, width=8, n_x=32, n_t=9)(u0)
+        PDEModule(constraint="soft", n_basis=4, width=8, n_x=32, n_t=9)(u0)
 
 
 def test_interface_mask_marks_both_sides_of_inner_edges() -> None:
@@ -176,3 +203,48 @@ def test_interface_mask_marks_both_sides_of_inner_edges() -> None:
     expected[:, 2:4] = True
     expected[:, 5:7] = True
     assert torch.equal(mask, expected)
+
+
+@pytest.mark.parametrize("problem", ["burgers", "diffusion_sorption"])
+def test_stencils_are_affine_in_the_field(problem: str) -> None:
+    # The solver's rows are stencils of a (with boundary values) plus stencils of B times ω.
+    pde = make_problem(problem, None)
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 9, 16, dtype=torch.float64, generator=g)
+    b = torch.randn(2, 9, 16, 3, dtype=torch.float64, generator=g)
+    omega = torch.randn(3, dtype=torch.float64, generator=g)
+    whole = pde.stencils(a + b @ omega, 0.1, affine=True)
+    parts = zip(pde.stencils(a, 0.1, affine=True), pde.stencils(b, 0.1, affine=False), strict=True)
+    for w, (sa, sb) in zip(whole, parts, strict=True):
+        torch.testing.assert_close(w, sa + sb @ omega, atol=1e-12, rtol=0)
+
+
+def test_diffusion_sorption_reference(sorption: PDEDataModule) -> None:
+    u0, u_ref = sorption.train_set.tensors
+    assert torch.equal(u_ref[:, 0], u0)
+    assert (u0 == u0[:, :1]).all() and (u0 >= 0).all() and (u0 <= 0.2).all()  # PDEBench ICs
+    # The solubility 1 enters at x = 0 and diffuses in: the left cell rises, values stay in [0, 1].
+    assert (u_ref[:, -1, 0] > u0[:, 0] + 0.3).all()
+    assert u_ref.min() >= -1e-8 and u_ref.max() <= 1.0
+
+
+def test_diffusion_sorption_residual_vanishes_on_a_finer_reference() -> None:
+    # Away from the initial layer (rows >= 3) the reference satisfies the discrete equations to
+    # the time stencil's accuracy: small against u_t, and smaller on a finer time grid.
+    pde = make_problem("diffusion_sorption", None)
+    u0 = pde.initial_conditions(2, 32, 1, seed=0)
+    norms = []
+    for n_t in (17, 65):
+        u = pde.reference(u0, n_t, 500.0)
+        r = pde_residual(pde, u, 500.0)[:, 3 * (n_t - 1) // 16 :]
+        norms.append(r.norm() / r.numel() ** 0.5)
+    assert norms[1] < norms[0] / 4, norms
+
+
+def test_field_figure_is_logged(data: PDEDataModule, tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    model = _module("moe", figure=True, experts=2, partition=(2, 1))
+    trainer = quiet_trainer(tmp_path, max_steps=2, logger=CSVLogger(tmp_path))
+    trainer.fit(model, datamodule=data)
+    assert list(tmp_path.glob("lightning_logs/version_0/media/pde_field/step_*.png"))

@@ -1,0 +1,143 @@
+"""The two PDEs of the ``pde`` recipe: grids, initial conditions, references and residuals.
+
+Each problem gives the discrete residual on rows ``1..T-1`` of a field ``u (B, T, X)`` as a
+pointwise function of a few *linear* stencils of ``u`` (``fields``), so that for
+``u = a + B ω`` the stencils are applied once to ``a`` (with the boundary values: ``affine``)
+and once to each basis column (without them), and the solver's residual only combines them.
+Time: central differences on rows ``1..T-2``, the one-sided second-order (BDF2) difference on
+row ``T-1``; row 0 is the initial condition, which the recipe's ansatz meets exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from lightning_dyn._checks import check_choice, check_positive_int, check_real
+from lightning_dyn.recipes._pde_data import (
+    DIFFUSION_SORPTION_DEFAULTS,
+    _retardation,
+    burgers_grid,
+    random_sine_ics,
+    rk4_stability_margin,
+    solve_burgers,
+    solve_diffusion_sorption,
+)
+
+PROBLEMS = ("burgers", "diffusion_sorption")
+DEFAULT_T_FINAL = {"burgers": 1.0, "diffusion_sorption": 500.0}
+
+
+def time_rows(v: Tensor, dt: float) -> tuple[Tensor, Tensor]:
+    """``(v, v_t)`` on rows ``1..T-1`` (time at dim 1): central, then BDF2 on the last row."""
+    central = (v[:, 2:] - v[:, :-2]) / (2.0 * dt)
+    last = (3.0 * v[:, -1:] - 4.0 * v[:, -2:-1] + v[:, -3:-2]) / (2.0 * dt)
+    return v[:, 1:], torch.cat([central, last], dim=1)
+
+
+class Burgers:
+    """Periodic viscous Burgers ``u_t + u u_x = ν u_xx`` on ``[0, 1)``, points ``x_j = j / X``.
+
+    Stencils: ``(u, u_t, u_x, u_xx)``, periodic central differences in space, as the RK4
+    reference (``solve_burgers``) uses. Initial conditions: random sine modes.
+    """
+
+    def __init__(self, nu: float = 0.02) -> None:
+        self.nu = float(nu)
+
+    def grid(self, n_x: int, n_t: int, t_final: float) -> tuple[Tensor, Tensor]:
+        return burgers_grid(n_x, t_final, n_t)
+
+    def trunk_features(self, tt: Tensor, xx: Tensor, t_final: float) -> Tensor:
+        angle = 2.0 * math.pi * xx  # periodic in x by construction
+        return torch.stack([tt / t_final, torch.sin(angle), torch.cos(angle)], dim=-1)
+
+    def initial_conditions(self, n: int, n_x: int, n_modes: int, seed: int) -> Tensor:
+        return random_sine_ics(n, n_x, n_modes, seed)
+
+    def reference(self, u0: Tensor, n_t: int, t_final: float) -> Tensor:
+        dt = t_final / (n_t - 1)
+        margin = rk4_stability_margin(dt, 1.0 / u0.shape[1], self.nu, float(u0.abs().max()))
+        return solve_burgers(u0, self.nu, t_final, n_t, max(1, math.ceil(2.0 * margin)))
+
+    def stencils(self, v: Tensor, dt: float, affine: bool) -> tuple[Tensor, ...]:
+        dx = 1.0 / v.shape[2]
+        up, um = torch.roll(v, -1, dims=2), torch.roll(v, 1, dims=2)
+        v_x, v_xx = (up - um) / (2.0 * dx), (up - 2.0 * v + um) / (dx * dx)
+        return (*time_rows(v, dt), v_x[:, 1:], v_xx[:, 1:])
+
+    def combine(self, u: Tensor, u_t: Tensor, u_x: Tensor, u_xx: Tensor) -> Tensor:
+        return u_t + u * u_x - self.nu * u_xx
+
+
+class DiffusionSorption:
+    """PDEBench's 1D diffusion-sorption ``u_t = D / R(u) u_xx`` on ``(0, 1)``, cell centres.
+
+    Boundary values as in ``diffusion_sorption_operator``: ``u = sol`` at ``x = 0`` and the
+    Cauchy condition at ``x = 1``, both through ghost cells of the three-point Laplacian, so the
+    residual carries them (the ghost at ``x = 0`` is the affine part). Stencils: ``(u, u_t,
+    lap u)``. Initial conditions: constant ``U(0, 0.2)`` fields, as in PDEBench. Reference:
+    implicit BDF (``solve_diffusion_sorption``).
+    """
+
+    def __init__(self) -> None:
+        self.params = dict(DIFFUSION_SORPTION_DEFAULTS)
+
+    def grid(self, n_x: int, n_t: int, t_final: float) -> tuple[Tensor, Tensor]:
+        x = (torch.arange(n_x, dtype=torch.float64) + 0.5) / n_x
+        return x, torch.linspace(0.0, t_final, n_t, dtype=torch.float64)
+
+    def trunk_features(self, tt: Tensor, xx: Tensor, t_final: float) -> Tensor:
+        return torch.stack([tt / t_final, xx], dim=-1)
+
+    def initial_conditions(self, n: int, n_x: int, n_modes: int, seed: int) -> Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        level = 0.2 * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+        return level.expand(n, n_x).contiguous()
+
+    def reference(self, u0: Tensor, n_t: int, t_final: float) -> Tensor:
+        return solve_diffusion_sorption(u0, t_final, n_t)
+
+    def stencils(self, v: Tensor, dt: float, affine: bool) -> tuple[Tensor, ...]:
+        n_x = v.shape[2]
+        dx, d = 1.0 / n_x, self.params["D"]
+        left = torch.zeros_like(v[:, :, :1])
+        if affine:
+            left = left + self.params["sol"]
+        right = d * (v[:, :, -2:-1] - v[:, :, -1:]) / dx
+        padded = torch.cat([left, v, right], dim=2)
+        lap = (padded[:, :, 2:] - 2.0 * v + padded[:, :, :-2]) / (dx * dx)
+        return (*time_rows(v, dt), lap[:, 1:])
+
+    def combine(self, u: Tensor, u_t: Tensor, lap: Tensor) -> Tensor:
+        return u_t - self.params["D"] / _retardation(u, self.params) * lap
+
+
+def check_setting(
+    problem: str, n_x: int, n_t: int, t_final: float | None, nu: float | None
+) -> None:
+    """The checks shared by the data module and the module: problem, grid and PDE arguments."""
+    check_choice("problem", problem, PROBLEMS)
+    check_positive_int("n_x", n_x, minimum=3)
+    check_positive_int("n_t", n_t, minimum=3)
+    if t_final is not None:
+        check_real("t_final", t_final, strictly_positive=True)
+    if nu is not None:
+        check_real("nu", nu, strictly_positive=True)
+
+
+def make_problem(problem: str, nu: float | None) -> Burgers | DiffusionSorption:
+    """The problem object; ``nu`` is Burgers' viscosity (``None``: 0.02) and has no meaning else."""
+    if problem == "burgers":
+        return Burgers(0.02 if nu is None else nu)
+    if nu is not None:
+        raise ValueError(f"nu is Burgers' viscosity; problem={problem!r} takes nu=None, got {nu}.")
+    return DiffusionSorption()
+
+
+def pde_residual(problem: Burgers | DiffusionSorption, u: Tensor, t_final: float) -> Tensor:
+    """Discrete residual ``(B, T - 1, X)`` of fields ``u (B, T, X)`` on rows ``1..T-1``."""
+    dt = t_final / (u.shape[1] - 1)
+    return problem.combine(*problem.stencils(u, dt, affine=True))
