@@ -16,8 +16,8 @@ over time, ``u = a + B ω`` is linear in ``ω`` and equals ``u0`` at ``t = 0`` e
 diffusion-sorption's Dirichlet and Cauchy conditions), so no separate boundary rows are needed.
 
 Physics residual on the ``(T - 1) × X`` grid of the times after ``t = 0``
-(:mod:`lightning_dyn.recipes._pde_problems`): central differences in time (BDF2 on the last row)
-and the reference solvers' spatial stencils. All stencils are linear, so they are applied once to
+(:mod:`lightning_dyn.recipes._pde_problems`): backward differences in time (backward Euler on
+row 1, BDF2 after) and the reference solvers' spatial stencils. All stencils are linear, so they are applied once to
 ``a`` and to every column of ``B``; the solver's ``residual_fn`` combines them with ``ω``
 (row-local, so the rows can be split into blocks freely).
 
