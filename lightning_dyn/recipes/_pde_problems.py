@@ -11,6 +11,11 @@ diffusion-sorption (the boundary value 1 meets the initial level at ``t = 0``): 
 exactly gives 1.0-1.2% relative L2 error against the references on the 64 x 33 grid for both
 problems, where central differences in time (leapfrog, unstable for diffusion) made the hard
 solution of diffusion-sorption worse than zero.
+
+Units: the residual is written in rescaled time ``τ = t / t_final``, ``r = u_τ + t_final · N(u)``
+for ``u_t + N(u) = 0``, so that its rows are O(1) whatever the time unit. In days,
+diffusion-sorption's rows away from the boundary layer are ~1e-4, as small as the solver's ridge
+rows ``1e-4 · ω``, and the hard solution was pulled towards ``ω = 0`` (measured: 70% error).
 """
 
 from __future__ import annotations
@@ -45,27 +50,27 @@ def time_rows(v: Tensor, dt: float) -> tuple[Tensor, Tensor]:
 class Burgers:
     """Periodic viscous Burgers ``u_t + u u_x = ν u_xx`` on ``[0, 1)``, points ``x_j = j / X``.
 
-    Stencils: ``(u, u_t, u_x, u_xx)``, periodic central differences in space, as the RK4
+    Stencils: ``(u, u_τ, u_x, u_xx)``, periodic central differences in space, as the RK4
     reference (``solve_burgers``) uses. Initial conditions: random sine modes.
     """
 
-    def __init__(self, nu: float = 0.02) -> None:
-        self.nu = float(nu)
+    def __init__(self, nu: float = 0.02, t_final: float = 1.0) -> None:
+        self.nu, self.t_final = float(nu), float(t_final)
 
-    def grid(self, n_x: int, n_t: int, t_final: float) -> tuple[Tensor, Tensor]:
-        return burgers_grid(n_x, t_final, n_t)
+    def grid(self, n_x: int, n_t: int) -> tuple[Tensor, Tensor]:
+        return burgers_grid(n_x, self.t_final, n_t)
 
-    def trunk_features(self, tt: Tensor, xx: Tensor, t_final: float) -> Tensor:
+    def trunk_features(self, tt: Tensor, xx: Tensor) -> Tensor:
         angle = 2.0 * math.pi * xx  # periodic in x by construction
-        return torch.stack([tt / t_final, torch.sin(angle), torch.cos(angle)], dim=-1)
+        return torch.stack([tt / self.t_final, torch.sin(angle), torch.cos(angle)], dim=-1)
 
     def initial_conditions(self, n: int, n_x: int, n_modes: int, seed: int) -> Tensor:
         return random_sine_ics(n, n_x, n_modes, seed)
 
-    def reference(self, u0: Tensor, n_t: int, t_final: float) -> Tensor:
-        dt = t_final / (n_t - 1)
+    def reference(self, u0: Tensor, n_t: int) -> Tensor:
+        dt = self.t_final / (n_t - 1)
         margin = rk4_stability_margin(dt, 1.0 / u0.shape[1], self.nu, float(u0.abs().max()))
-        return solve_burgers(u0, self.nu, t_final, n_t, max(1, math.ceil(2.0 * margin)))
+        return solve_burgers(u0, self.nu, self.t_final, n_t, max(1, math.ceil(2.0 * margin)))
 
     def stencils(self, v: Tensor, dt: float, affine: bool) -> tuple[Tensor, ...]:
         dx = 1.0 / v.shape[2]
@@ -73,8 +78,8 @@ class Burgers:
         v_x, v_xx = (up - um) / (2.0 * dx), (up - 2.0 * v + um) / (dx * dx)
         return (*time_rows(v, dt), v_x[:, 1:], v_xx[:, 1:])
 
-    def combine(self, u: Tensor, u_t: Tensor, u_x: Tensor, u_xx: Tensor) -> Tensor:
-        return u_t + u * u_x - self.nu * u_xx
+    def combine(self, u: Tensor, u_tau: Tensor, u_x: Tensor, u_xx: Tensor) -> Tensor:
+        return u_tau + self.t_final * (u * u_x - self.nu * u_xx)
 
 
 class DiffusionSorption:
@@ -82,28 +87,28 @@ class DiffusionSorption:
 
     Boundary values as in ``diffusion_sorption_operator``: ``u = sol`` at ``x = 0`` and the
     Cauchy condition at ``x = 1``, both through ghost cells of the three-point Laplacian, so the
-    residual carries them (the ghost at ``x = 0`` is the affine part). Stencils: ``(u, u_t,
+    residual carries them (the ghost at ``x = 0`` is the affine part). Stencils: ``(u, u_τ,
     lap u)``. Initial conditions: constant ``U(0, 0.2)`` fields, as in PDEBench. Reference:
     implicit BDF (``solve_diffusion_sorption``).
     """
 
-    def __init__(self) -> None:
-        self.params = dict(DIFFUSION_SORPTION_DEFAULTS)
+    def __init__(self, t_final: float = 500.0) -> None:
+        self.params, self.t_final = dict(DIFFUSION_SORPTION_DEFAULTS), float(t_final)
 
-    def grid(self, n_x: int, n_t: int, t_final: float) -> tuple[Tensor, Tensor]:
+    def grid(self, n_x: int, n_t: int) -> tuple[Tensor, Tensor]:
         x = (torch.arange(n_x, dtype=torch.float64) + 0.5) / n_x
-        return x, torch.linspace(0.0, t_final, n_t, dtype=torch.float64)
+        return x, torch.linspace(0.0, self.t_final, n_t, dtype=torch.float64)
 
-    def trunk_features(self, tt: Tensor, xx: Tensor, t_final: float) -> Tensor:
-        return torch.stack([tt / t_final, xx], dim=-1)
+    def trunk_features(self, tt: Tensor, xx: Tensor) -> Tensor:
+        return torch.stack([tt / self.t_final, xx], dim=-1)
 
     def initial_conditions(self, n: int, n_x: int, n_modes: int, seed: int) -> Tensor:
         gen = torch.Generator().manual_seed(seed)
         level = 0.2 * torch.rand(n, 1, generator=gen, dtype=torch.float64)
         return level.expand(n, n_x).contiguous()
 
-    def reference(self, u0: Tensor, n_t: int, t_final: float) -> Tensor:
-        return solve_diffusion_sorption(u0, t_final, n_t)
+    def reference(self, u0: Tensor, n_t: int) -> Tensor:
+        return solve_diffusion_sorption(u0, self.t_final, n_t)
 
     def stencils(self, v: Tensor, dt: float, affine: bool) -> tuple[Tensor, ...]:
         n_x = v.shape[2]
@@ -116,8 +121,8 @@ class DiffusionSorption:
         lap = (padded[:, :, 2:] - 2.0 * v + padded[:, :, :-2]) / (dx * dx)
         return (*time_rows(v, dt), lap[:, 1:])
 
-    def combine(self, u: Tensor, u_t: Tensor, lap: Tensor) -> Tensor:
-        return u_t - self.params["D"] / _retardation(u, self.params) * lap
+    def combine(self, u: Tensor, u_tau: Tensor, lap: Tensor) -> Tensor:
+        return u_tau - self.t_final * self.params["D"] / _retardation(u, self.params) * lap
 
 
 def check_setting(
@@ -133,16 +138,20 @@ def check_setting(
         check_real("nu", nu, strictly_positive=True)
 
 
-def make_problem(problem: str, nu: float | None) -> Burgers | DiffusionSorption:
-    """The problem object; ``nu`` is Burgers' viscosity (``None``: 0.02) and has no meaning else."""
+def make_problem(
+    problem: str, nu: float | None = None, t_final: float | None = None
+) -> Burgers | DiffusionSorption:
+    """The problem object. ``nu`` is Burgers' viscosity (``None``: 0.02) and has no meaning for
+    diffusion-sorption; ``t_final=None`` takes the problem's default (``DEFAULT_T_FINAL``)."""
+    t_final = float(DEFAULT_T_FINAL[problem] if t_final is None else t_final)
     if problem == "burgers":
-        return Burgers(0.02 if nu is None else nu)
+        return Burgers(0.02 if nu is None else nu, t_final)
     if nu is not None:
         raise ValueError(f"nu is Burgers' viscosity; problem={problem!r} takes nu=None, got {nu}.")
-    return DiffusionSorption()
+    return DiffusionSorption(t_final)
 
 
-def pde_residual(problem: Burgers | DiffusionSorption, u: Tensor, t_final: float) -> Tensor:
-    """Discrete residual ``(B, T - 1, X)`` of fields ``u (B, T, X)`` on rows ``1..T-1``."""
-    dt = t_final / (u.shape[1] - 1)
-    return problem.combine(*problem.stencils(u, dt, affine=True))
+def pde_residual(problem: Burgers | DiffusionSorption, u: Tensor) -> Tensor:
+    """Discrete residual ``(B, T - 1, X)`` of fields ``u (B, T, X)`` on rows ``1..T-1``, in
+    rescaled time ``τ = t / t_final`` (see the module docstring)."""
+    return problem.combine(*problem.stencils(u, 1.0 / (u.shape[1] - 1), affine=True))

@@ -16,10 +16,11 @@ over time, ``u = a + B ω`` is linear in ``ω`` and equals ``u0`` at ``t = 0`` e
 diffusion-sorption's Dirichlet and Cauchy conditions), so no separate boundary rows are needed.
 
 Physics residual on the ``(T - 1) × X`` grid of the times after ``t = 0``
-(:mod:`lightning_dyn.recipes._pde_problems`): backward differences in time (backward Euler on
-row 1, BDF2 after) and the reference solvers' spatial stencils. All stencils are linear, so they are applied once to
-``a`` and to every column of ``B``; the solver's ``residual_fn`` combines them with ``ω``
-(row-local, so the rows can be split into blocks freely).
+(:mod:`lightning_dyn.recipes._pde_problems`), in rescaled time ``τ = t / t_final``: backward
+differences in time (backward Euler on row 1, BDF2 after) and the reference solvers' spatial
+stencils. All stencils are linear, so they are applied once to ``a`` and to every column of
+``B``; the solver's ``residual_fn`` combines them with ``ω`` (row-local, so the rows can be split
+into blocks freely).
 
 Arms (``constraint``):
 
@@ -54,7 +55,6 @@ from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
 from lightning_dyn.recipes._pde_figure import field_figure
 from lightning_dyn.recipes._pde_problems import (
-    DEFAULT_T_FINAL,
     check_setting,
     make_problem,
     pde_residual,
@@ -162,13 +162,13 @@ class PDEModule(pl.LightningModule):
         if not isinstance(figure, bool):
             raise ValueError(f"figure must be True or False; got {figure!r}.")
         self.save_hyperparameters(ignore=["optimizer"])
-        self.problem = make_problem(problem, nu)
+        self.problem = make_problem(problem, nu, t_final)
         self.constraint, self.figure = constraint, figure
-        self.t_final = float(DEFAULT_T_FINAL[problem] if t_final is None else t_final)
+        self.t_final = self.problem.t_final
         self.n_x, self.n_t = n_x, n_t
-        x, t = self.problem.grid(n_x, n_t, self.t_final)
+        x, t = self.problem.grid(n_x, n_t)
         tt, xx = torch.meshgrid(t, x, indexing="ij")
-        coords = self.problem.trunk_features(tt, xx, self.t_final)
+        coords = self.problem.trunk_features(tt, xx)
         self.register_buffer("coords", coords.reshape(-1, coords.shape[-1]), persistent=False)
         self.register_buffer("times", tt.reshape(-1) / self.t_final, persistent=False)
         self.trunk = _mlp(coords.shape[-1], width, n_basis)
@@ -239,7 +239,7 @@ class PDEModule(pl.LightningModule):
             omega = self.head(self.branch(u0))
             u = u0[:, None, :] + (b_full @ omega[:, :, None]).reshape(batch, n_t, n_x)
             return u, None
-        dt = self.t_final / (n_t - 1)
+        dt = 1.0 / (n_t - 1)  # in τ = t / t_final, as pde_residual
         a = u0[:, None, :].expand(batch, n_t, n_x)
         rows = (n_t - 1) * n_x
         b_rows = self.problem.stencils(b_full.reshape(batch, n_t, n_x, -1), dt, affine=False)
@@ -262,7 +262,7 @@ class PDEModule(pl.LightningModule):
                 f"u_ref has shape {tuple(u_ref.shape)}, but the module's grid is (B, n_t="
                 f"{self.n_t}, n_x={self.n_x}): the data module's grid must match the module's."
             )
-        loss = pde_residual(self.problem, u, self.t_final).pow(2).mean()
+        loss = pde_residual(self.problem, u).pow(2).mean()
         n = len(u0)
         self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True, prog_bar=stage == "train")
         rel = relative_l2(u.detach(), u_ref.to(torch.float64))
@@ -279,7 +279,7 @@ class PDEModule(pl.LightningModule):
             jump = self.solver.interface_jump(self._last_basis.detach(), result.omega.detach())
             self.log(f"{stage}/interface_jump", jump.mean(), batch_size=n, sync_dist=True)
             # Where the residual sits: next to block edges (interface jumps) or in the bulk.
-            r2 = pde_residual(self.problem, u.detach(), self.t_final).pow(2)
+            r2 = pde_residual(self.problem, u.detach()).pow(2)
             mask = interface_mask(tuple(r2.shape[1:]), self.solver.partition).to(r2.device)
             share = r2[:, mask].sum() / r2.sum().clamp_min(1e-300)
             self.log(f"{stage}/interface_residual_share", share, batch_size=n, sync_dist=True)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from lightning_dyn._checks import check_positive_int
 from lightning_dyn.recipes._data import TensorBatchDataset, shuffled_shard_loader, tensor_loader
-from lightning_dyn.recipes._pde_problems import DEFAULT_T_FINAL, check_setting, make_problem
+from lightning_dyn.recipes._pde_problems import check_setting, make_problem
 
 
 class PDEDataModule(pl.LightningDataModule):
@@ -56,9 +56,9 @@ class PDEDataModule(pl.LightningDataModule):
             raise ValueError(f"seed must be an int; got {seed!r}.")
         check_positive_int("batch_size", batch_size)
         self.save_hyperparameters()
-        self.problem = make_problem(problem, nu)
+        self.problem = make_problem(problem, nu, t_final)
         self.n_x, self.n_t = n_x, n_t
-        self.t_final = float(DEFAULT_T_FINAL[problem] if t_final is None else t_final)
+        self.t_final = self.problem.t_final
         self.n_train, self.n_val, self.n_modes = n_train, n_val, n_modes
         self.seed, self.batch_size = seed, batch_size
         self.train_set: TensorBatchDataset | None = None
@@ -66,7 +66,7 @@ class PDEDataModule(pl.LightningDataModule):
 
     def _trajectories(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
         u0 = self.problem.initial_conditions(n, self.n_x, self.n_modes, seed)
-        return u0, self.problem.reference(u0, self.n_t, self.t_final)
+        return u0, self.problem.reference(u0, self.n_t)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
