@@ -60,6 +60,9 @@ class Burgers:
     def grid(self, n_x: int, n_t: int) -> tuple[Tensor, Tensor]:
         return burgers_grid(n_x, self.t_final, n_t)
 
+    def time_factor(self, tau: Tensor) -> Tensor:
+        return tau
+
     def trunk_features(self, tt: Tensor, xx: Tensor) -> Tensor:
         angle = 2.0 * math.pi * xx  # periodic in x by construction
         return torch.stack([tt / self.t_final, torch.sin(angle), torch.cos(angle)], dim=-1)
@@ -101,6 +104,9 @@ class DiffusionSorption:
 
     def trunk_features(self, tt: Tensor, xx: Tensor) -> Tensor:
         return torch.stack([tt / self.t_final, xx], dim=-1)
+
+    def time_factor(self, tau: Tensor) -> Tensor:
+        return tau.sqrt()
 
     def initial_conditions(self, n: int, n_x: int, n_modes: int, seed: int) -> Tensor:
         gen = torch.Generator().manual_seed(seed)

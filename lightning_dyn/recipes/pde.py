@@ -10,8 +10,12 @@ Model. A DeepONet-style basis network: a trunk MLP on the grid coordinates (Burg
 ``(t / t_final, sin 2πx, cos 2πx)``, periodic in ``x`` by construction; diffusion-sorption:
 ``(t / t_final, x)``) gives ``(P, N)`` with ``P = T·X``, a branch MLP on ``u0`` gives ``(N,)``,
 and the basis is their product ``Φ_b[p, n] = trunk[p, n] · branch_b[n]``. The field is
-``u = u0 + (t / t_final) · Φ ω``: writing ``B = (t / t_final) · Φ`` and ``a = u0`` broadcast
-over time, ``u = a + B ω`` is linear in ``ω`` and equals ``u0`` at ``t = 0`` exactly, whatever
+``u = u0 + f(τ) · Φ ω`` with ``τ = t / t_final`` and ``f(τ) = τ`` (Burgers) or ``√τ``
+(diffusion-sorption, whose boundary value 1 meets the initial level at ``t = 0``: the initial
+layer grows like ``√t``, which ``τ · Φ`` with a smooth ``Φ`` cannot follow on the coarse grid;
+with ``√τ`` the residual norm at the solution on held-out ICs fell from ~200 to ~90, one seed
+after 300 steps). Writing ``B = f(τ) · Φ`` and ``a = u0`` broadcast over
+time, ``u = a + B ω`` is linear in ``ω`` and equals ``u0`` at ``t = 0`` exactly, whatever
 ``ω``. Boundary conditions are in the spatial stencils (periodic; or the ghost cells of
 diffusion-sorption's Dirichlet and Cauchy conditions), so no separate boundary rows are needed.
 
@@ -170,7 +174,8 @@ class PDEModule(pl.LightningModule):
         tt, xx = torch.meshgrid(t, x, indexing="ij")
         coords = self.problem.trunk_features(tt, xx)
         self.register_buffer("coords", coords.reshape(-1, coords.shape[-1]), persistent=False)
-        self.register_buffer("times", tt.reshape(-1) / self.t_final, persistent=False)
+        factor = self.problem.time_factor(tt.reshape(-1) / self.t_final)
+        self.register_buffer("times", factor, persistent=False)
         self.trunk = _mlp(coords.shape[-1], width, n_basis)
         self.branch = _mlp(n_x, width, n_basis)
         self.solver: nn.Module | None = None
@@ -217,7 +222,7 @@ class PDEModule(pl.LightningModule):
         return self.problem.combine(*(a + bb @ omega for a, bb in zip(a_rows, b_rows, strict=True)))
 
     def basis(self, u0: Tensor) -> Tensor:
-        """``B = (t / t_final) · Φ``, ``Φ_b[p, n] = trunk[p, n] branch_b[n]``."""
+        """``B = f(τ) · Φ``, ``Φ_b[p, n] = trunk[p, n] branch_b[n]`` (see the module docstring)."""
         branch = self.branch(u0)
         phi = self.trunk(self.coords)[None] * branch[:, None, :]
         return self.times[None, :, None] * phi
