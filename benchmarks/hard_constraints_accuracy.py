@@ -86,11 +86,15 @@ def run(problem: str, arm: str, seed: int, steps: int, n_val: int, weight: float
 
 def report(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    print("| problem | arm | steps | seeds | rel. L2 % (mean over seeds ± sd) | "
-          "per-IC sd % | s/step | paper (DS) % |")
+    print(
+        "| problem | arm | steps | seeds | rel. L2 % (mean over seeds ± sd) | "
+        "per-IC sd % | s/step | paper (DS) % |"
+    )
     print("|---|---|---|---|---|---|---|---|")
-    keys = sorted({(r["problem"], r["arm"], r["steps"]) for r in rows},
-                  key=lambda k: (k[0], list(ARMS).index(k[1]), k[2]))
+    keys = sorted(
+        {(r["problem"], r["arm"], r["steps"]) for r in rows},
+        key=lambda k: (k[0], list(ARMS).index(k[1]), k[2]),
+    )
     for problem, arm, steps in keys:
         runs = [r for r in rows if (r["problem"], r["arm"], r["steps"]) == (problem, arm, steps)]
         means = [100 * statistics.fmean(r["errors"]) for r in runs]
@@ -113,7 +117,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--n-val", type=int, default=16)
-    parser.add_argument("--interface-weight", type=float, default=10.0)
+    parser.add_argument("--interface-weight", type=float, default=100.0)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
@@ -127,8 +131,11 @@ def main() -> None:
         with args.out.open("a") as f:
             f.write(json.dumps(result) + "\n")
         mean = 100 * statistics.fmean(result["errors"])
-        print(f"{args.problem} {args.arm} seed {seed}: {mean:.2f}% "
-              f"({result['seconds_per_step']:.3f} s/step)", flush=True)
+        print(
+            f"{args.problem} {args.arm} seed {seed}: {mean:.2f}% "
+            f"({result['seconds_per_step']:.3f} s/step)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def step_seconds(moe: HardConstraintMoE, points: int, repeats: int, sync: bool =
             dist.barrier()
         start = time.perf_counter()
         u, _ = moe(basis, data)
-        (grad,) = torch.autograd.grad(u.square().mean(), basis)
+        torch.autograd.grad(u.square().mean(), basis)
         if i:  # the first step warms up
             times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -111,7 +111,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("```bash\npython benchmarks/hard_constraints_timing.py\n```\n")
-    print(f"{datetime.date.today()}, {platform.machine()}, 2-core CPU, 1 torch thread per process\n")
+    machine = f"{platform.machine()}, 2-core CPU, 1 torch thread per process"
+    print(f"{datetime.date.today()}, {machine}\n")
     print("Seconds per step (forward solve + implicit backward), one process:\n")
     print("| points P | " + " | ".join(f"K={k}" for k in args.experts) + " |")
     print("|---|" + "---|" * len(args.experts))

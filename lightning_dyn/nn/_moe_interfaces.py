@@ -18,15 +18,20 @@ from torch import Tensor
 
 
 def interface_pairs(
-    grid_shape: Sequence[int], partition: Sequence[int], overlap: int
+    grid_shape: Sequence[int],
+    partition: Sequence[int],
+    overlap: int,
+    periodic: Sequence[bool] | None = None,
 ) -> list[tuple[int, int, Tensor]]:
     """Face-sharing block pairs ``(k, j, points)``, blocks numbered in C order over ``partition``.
 
     ``points`` are flat (C-order) grid indices within ``max(1, overlap)`` points of the face on
     either side along the axis that crosses it, and in the blocks' common core along the others.
-    Blocks are uniform as in ``HardConstraintMoE`` (``n // parts`` points, remainder last).
+    Blocks are uniform as in ``HardConstraintMoE`` (``n // parts`` points, remainder last). Along
+    a ``periodic`` axis the last and first blocks also share the face at the wrap.
     """
     grid, parts = tuple(grid_shape), tuple(partition)
+    periodic = tuple(periodic) if periodic is not None else (False,) * len(grid)
     strides = [math.prod(grid[a + 1 :]) for a in range(len(grid))]
     cores = [
         [(i * (n // m), n if i == m - 1 else (i + 1) * (n // m)) for i in range(m)]
@@ -40,14 +45,20 @@ def interface_pairs(
         .tolist()
     ):
         for axis, i in enumerate(combo):
-            if i == parts[axis] - 1:
+            last = i == parts[axis] - 1
+            if parts[axis] == 1 or (last and not periodic[axis]):
                 continue
-            edge = cores[axis][i + 1][0]
+            edge = grid[axis] if last else cores[axis][i + 1][0]
+            step = math.prod(parts[axis + 1 :])
             flat = torch.zeros((), dtype=torch.long)
             for a, ia in enumerate(combo):
-                lo, hi = (edge - width, edge + width) if a == axis else cores[a][ia]
-                flat = flat.unsqueeze(-1) + torch.arange(lo, hi) * strides[a]
-            pairs.append((k, k + math.prod(parts[axis + 1 :]), flat.reshape(-1)))
+                if a == axis:  # modulo: the wrap of a periodic axis
+                    coords = torch.arange(edge - width, edge + width) % grid[a]
+                else:
+                    coords = torch.arange(*cores[a][ia])
+                flat = flat.unsqueeze(-1) + coords * strides[a]
+            j = k - i * step if last else k + step
+            pairs.append((k, j, flat.reshape(-1)))
     return pairs
 
 

@@ -157,6 +157,9 @@ class HardConstraintMoE(nn.Module):
         on_failure: ``"warn"``, ``"raise"`` or ``"ignore"`` when some solves did not converge.
         interface_rows: Couple neighbouring experts by continuity rows (see above).
         interface_weight: Weight of the continuity rows (``> 0``).
+        periodic: One bool per axis of ``grid_shape``: along a periodic axis the last and first
+            blocks are neighbours too (continuity rows and ``interface_jump`` at the wrap);
+            default none. Blocks and overlap do not wrap.
         expert_parallel: ``"auto"`` (default): split the experts over the ranks when
             ``torch.distributed`` is available and initialised with world size > 1, at each
             ``forward``; ``True``: always (``forward`` raises ``ValueError`` if no process group is
@@ -185,6 +188,7 @@ class HardConstraintMoE(nn.Module):
         expert_parallel: bool | str = "auto",
         interface_rows: bool = False,
         interface_weight: float = 1.0,
+        periodic: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
         if not (isinstance(expert_parallel, bool) or expert_parallel == "auto"):
@@ -250,7 +254,17 @@ class HardConstraintMoE(nn.Module):
         self.overlap = overlap
         self.shared_rows = None if shared_rows is None else tuple(shared_rows)
         self._build_blocks()
-        self._pairs = interface_pairs(grid, parts, overlap)
+        if periodic is not None and (
+            not isinstance(periodic, Sequence)
+            or len(periodic) != len(grid)
+            or not all(isinstance(p, bool) for p in periodic)
+        ):
+            raise ValueError(
+                f"periodic must be None or one bool per axis of grid_shape={grid}; got "
+                f"{periodic!r}."
+            )
+        self.periodic = tuple(periodic) if periodic is not None else (False,) * len(grid)
+        self._pairs = interface_pairs(grid, parts, overlap, self.periodic)
 
     def _build_blocks(self) -> None:
         """Per expert: flat point indices and blend weights on them; then groups by shape."""

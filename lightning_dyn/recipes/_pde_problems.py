@@ -54,6 +54,8 @@ class Burgers:
     reference (``solve_burgers``) uses. Initial conditions: random sine modes.
     """
 
+    periodic_x = True
+
     def __init__(self, nu: float = 0.02, t_final: float = 1.0) -> None:
         self.nu, self.t_final = float(nu), float(t_final)
 
@@ -94,6 +96,8 @@ class DiffusionSorption:
     lap u)``. Initial conditions: constant ``U(0, 0.2)`` fields, as in PDEBench. Reference:
     implicit BDF (``solve_diffusion_sorption``).
     """
+
+    periodic_x = False
 
     def __init__(self, t_final: float = 500.0) -> None:
         self.params, self.t_final = dict(DIFFUSION_SORPTION_DEFAULTS), float(t_final)

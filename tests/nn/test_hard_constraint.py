@@ -256,6 +256,12 @@ def test_interface_pairs_on_a_two_by_two_partition():
     }
     wide = {(k, j): sorted(p.tolist()) for k, j, p in interface_pairs((4, 6), (1, 2), overlap=1)}
     assert wide == {(0, 1): flat(range(4), (2, 3))}
+    ring = interface_pairs((4, 6), (1, 3), overlap=0, periodic=(False, True))
+    assert {(k, j): sorted(p.tolist()) for k, j, p in ring} == {
+        (0, 1): flat(range(4), (1, 2)),
+        (1, 2): flat(range(4), (3, 4)),
+        (2, 0): flat(range(4), (0, 5)),  # the wrap of the periodic axis
+    }
     wider = {(k, j): sorted(p.tolist()) for k, j, p in interface_pairs((4, 8), (1, 2), overlap=2)}
     assert wider == {(0, 1): flat(range(4), (2, 3, 4, 5), width=8)}
 
@@ -266,6 +272,8 @@ def test_interface_pairs_on_a_two_by_two_partition():
         ({"interface_rows": 1}, "interface_rows"),
         ({"interface_rows": True, "interface_weight": 0.0}, "interface_weight"),
         ({"interface_rows": True, "expert_parallel": True}, "interface_rows"),
+        ({"periodic": (True,)}, "periodic"),
+        ({"periodic": (False, 1)}, "periodic"),
     ],
 )
 def test_moe_bad_interface_arguments(kwargs, name):
