@@ -9,6 +9,9 @@ runs can be split over processes; ``--report`` prints the markdown table from th
 
     python benchmarks/hard_constraints_accuracy.py --problem burgers --arm hard --seeds 0 1 2
     python benchmarks/hard_constraints_accuracy.py --report
+    python benchmarks/hard_constraints_accuracy.py --figure --arm moe_interface --seeds 0
+
+``--figure`` trains one run and draws its first held-out IC to ``FIGURE`` (not recorded).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_dyn.recipes import PDEDataModule, PDEModule
+from lightning_dyn.recipes._pde_figure import field_figure
 from lightning_dyn.recipes.pde import relative_l2
 
 OUT = Path(__file__).with_name("results") / "hard_constraints_accuracy.jsonl"
+FIGURE = Path(__file__).with_name("figures") / "hard_constraints_field.png"
 ARMS = {
     "soft": {"constraint": "soft"},
     "hard": {"constraint": "hard"},
@@ -46,7 +51,9 @@ ARMS = {
 PAPER = {"soft": "85.93 ± 5.07", "hard": "7.55 ± 8.10", "moe_naive": "3.60 ± 2.93"}
 
 
-def run(problem: str, arm: str, seed: int, steps: int, n_val: int, weight: float) -> dict:
+def run(
+    problem: str, arm: str, seed: int, steps: int, n_val: int, weight: float, figure: bool = False
+) -> dict:
     torch.set_num_threads(1)
     pl.seed_everything(seed, verbose=False)
     data = PDEDataModule(problem, n_val=n_val, seed=seed)
@@ -71,6 +78,10 @@ def run(problem: str, arm: str, seed: int, steps: int, n_val: int, weight: float
     module.eval()
     u, _ = module(u0)
     errors = [float(relative_l2(u[i : i + 1].detach(), u_ref[i : i + 1])) for i in range(len(u0))]
+    if figure:
+        partition = module.solver.partition if module.constraint == "moe" else (1, 1)
+        title = f"{arm}, {steps} steps"
+        field_figure(u[0], u_ref[0], module.t_final, partition, title).savefig(FIGURE, dpi=120)
     return {
         "problem": problem,
         "arm": arm,
@@ -120,11 +131,27 @@ def main() -> None:
     parser.add_argument("--interface-weight", type=float, default=100.0)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--figure", action="store_true")
     args = parser.parse_args()
     if args.report:
         report(args.out)
         return
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    if args.figure:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        result = run(
+            args.problem,
+            args.arm,
+            args.seeds[0],
+            args.steps,
+            args.n_val,
+            args.interface_weight,
+            figure=True,
+        )
+        print(f"{FIGURE}: mean error {100 * statistics.fmean(result['errors']):.2f}%")
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         result = run(args.problem, args.arm, seed, args.steps, args.n_val, args.interface_weight)
