@@ -23,3 +23,19 @@ class StepClock(pl.Callback):
 
     def seconds_per_step(self, steps: int) -> float:
         return (self.end - self.start) / (steps - self.warmup)
+
+
+def bare_trainer(root: str, max_steps: int, **kwargs: Any) -> pl.Trainer:
+    """A CPU Trainer for benchmarks: no logger, checkpoints, progress bar, summary or validation."""
+    options: dict[str, Any] = {
+        "accelerator": "cpu",
+        "max_steps": max_steps,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
+        "default_root_dir": root,
+        **kwargs,
+    }
+    return pl.Trainer(**options)

@@ -24,6 +24,7 @@ import tempfile
 
 import lightning.pytorch as pl
 import torch
+from _timing import bare_trainer
 
 from lightning_dyn.callbacks import OutlierPairDetector
 from lightning_dyn.recipes import OpposingSignalsDataModule, OpposingSignalsModule
@@ -52,17 +53,7 @@ def run(
     )
     detector = OutlierPairDetector(k=32, cos_threshold=cos_threshold, max_detections=100_000)
     with tempfile.TemporaryDirectory() as root:
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            max_steps=steps,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            default_root_dir=root,
-            callbacks=[detector],
-        )
+        trainer = bare_trainer(root, steps, callbacks=[detector])
         trainer.fit(module, datamodule=data)
     scores = data.score(detector.flagged_indices())
     cosines = [r["pair_grad_cos"] for r in detector.detections]
