@@ -6,6 +6,7 @@ The registry (tests/harness.py) trains it under 2-process ``ddp_spawn`` against 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -69,9 +70,15 @@ def test_a_module_without_split_experts_is_refused(kwargs: dict, tmp_path: Path)
     module, data = _pair(**kwargs)
     strategy = ExpertParallelStrategy(process_group_backend="gloo")
     trainer = quiet_trainer(tmp_path, max_steps=1, strategy=strategy, devices=1)
+    # In-process DDP writes MASTER_PORT, LOCAL_RANK, WORLD_SIZE ... into os.environ; a later
+    # `lightning-dyn trainer=ddp_cpu` subprocess would inherit them, believe it was launched as
+    # rank 0 of an external job and wait for a rank 1 that never comes.
+    environment = dict(os.environ)
     try:
         with pytest.raises(ValueError, match="HardConstraintMoE with expert_parallel"):
             trainer.fit(module, datamodule=data)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environment)
