@@ -1,7 +1,7 @@
 """The two PDEs of the ``pde`` recipe: grids, initial conditions, references and residuals.
 
 Each problem gives the discrete residual on rows ``1..T-1`` of a field ``u (B, T, X)`` as a
-pointwise function of a few *linear* stencils of ``u`` (``fields``), so that for
+pointwise function (``combine``) of a few *linear* stencils of ``u`` (``stencils``), so that for
 ``u = a + B ω`` the stencils are applied once to ``a`` (with the boundary values: ``affine``)
 and once to each basis column (without them), and the solver's residual only combines them.
 Time: backward differences, backward Euler on row 1 and BDF2 on rows ``2..T-1``; row 0 is the
@@ -15,7 +15,8 @@ solution of diffusion-sorption worse than zero.
 Units: the residual is written in rescaled time ``τ = t / t_final``, ``r = u_τ + t_final · N(u)``
 for ``u_t + N(u) = 0``, so that its rows are O(1) whatever the time unit. In days,
 diffusion-sorption's rows away from the boundary layer are ~1e-4, as small as the solver's ridge
-rows ``1e-4 · ω``, and the hard solution was pulled towards ``ω = 0`` (measured: 70% error).
+rows ``1e-4 · ω``, and the hard solution was poor (measured: 70% held-out error, one seed, 300
+steps, against 31% in ``τ``).
 """
 
 from __future__ import annotations
