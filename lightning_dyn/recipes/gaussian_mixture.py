@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -19,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_dyn._checks import check_positive_int
-from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
-from lightning_dyn.recipes._classifier import classification_step
+from lightning_dyn.optim.factory import OptimizerFactory
+from lightning_dyn.recipes._classifier import ClassifierRecipeModule
 from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     shuffled_shard_loader,
@@ -116,7 +115,7 @@ def _default_optimizer() -> OptimizerFactory:
     return functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 
-class GaussianMixtureModule(pl.LightningModule):
+class GaussianMixtureModule(ClassifierRecipeModule):
     """The MLP classifier; logs ``train/{loss,acc}`` and ``val/{loss,acc}``.
 
     Args:
@@ -146,19 +145,5 @@ class GaussianMixtureModule(pl.LightningModule):
             check_positive_int(name, value)
         self.save_hyperparameters(ignore=["optimizer"])
         self.model = MixtureMLP(input_dim, width, depth, num_classes, batch_norm)
+        self.loss_fn = F.cross_entropy
         self.optimizer_factory = optimizer or _default_optimizer()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def _step(self, batch: Any, stage: str) -> torch.Tensor:
-        return classification_step(self, batch, F.cross_entropy, stage)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.optimizer_factory, self)

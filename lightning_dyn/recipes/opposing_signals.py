@@ -26,8 +26,8 @@ from torch import nn
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
 from lightning_dyn.functional.classification_losses import one_hot_square_loss
-from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
-from lightning_dyn.recipes._classifier import classification_step
+from lightning_dyn.optim.factory import OptimizerFactory
+from lightning_dyn.recipes._classifier import ClassifierRecipeModule
 from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     shuffled_shard_loader,
@@ -227,7 +227,7 @@ def _default_optimizer() -> OptimizerFactory:
     return functools.partial(torch.optim.SGD, lr=0.03)
 
 
-class OpposingSignalsModule(pl.LightningModule):
+class OpposingSignalsModule(ClassifierRecipeModule):
     """MLP classifier of the 8×8 images; logs ``train/{loss,acc}`` and ``val/{loss,acc}``.
 
     Args:
@@ -257,18 +257,3 @@ class OpposingSignalsModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.model = ImageMLP(SIDE * SIDE, tuple(hidden_sizes), num_classes, activation)
         self.optimizer_factory = optimizer or _default_optimizer()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
-
-    def _step(self, batch: Any, stage: str) -> torch.Tensor:
-        return classification_step(self, batch, self.loss_fn, stage)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.optimizer_factory, self)
