@@ -40,6 +40,20 @@ RCOND = 1e-12
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# The scalars neural_collapse_metrics returns (NC4 is computed from features, separately).
+METRICS = (
+    "nc1",
+    "nc1_trace_ratio",
+    "cdnv",
+    "equinorm_means",
+    "equinorm_classifier",
+    "equiangularity",
+    "max_angle",
+    "gram_distance",
+    "gram_distance_classifier",
+    "nc3",
+)
+
 
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -156,18 +170,7 @@ def test_metrics_match_two_pass_reference(offset: float) -> None:
     assert _rel(got["nc3"], _ref_nc3(wn.T, centred.T)) < 1e-10
     row_norms = np.linalg.norm(wn, axis=1)
     assert _rel(got["equinorm_classifier"], np.std(row_norms) / np.mean(row_norms)) < 1e-10
-    assert set(got) == {
-        "nc1",
-        "nc1_trace_ratio",
-        "cdnv",
-        "equinorm_means",
-        "equinorm_classifier",
-        "equiangularity",
-        "max_angle",
-        "gram_distance",
-        "gram_distance_classifier",
-        "nc3",
-    }
+    assert set(got) == set(METRICS)
 
     # The stand-alone functions agree with the dict.
     assert nc1(stats, rcond=RCOND) == got["nc1"]
@@ -343,18 +346,7 @@ def test_planted_simplex_etf() -> None:
     w = 3.0 * etf
     b = -(w @ offset)
     got = neural_collapse_metrics(stats, w, b, target="etf")
-    for key in (
-        "nc1",
-        "nc1_trace_ratio",
-        "cdnv",
-        "equinorm_means",
-        "equinorm_classifier",
-        "equiangularity",
-        "max_angle",
-        "gram_distance",
-        "gram_distance_classifier",
-        "nc3",
-    ):
+    for key in METRICS:
         assert abs(got[key]) < 1e-10, (key, got[key])
     assert nc4(*nc4_mismatches(h, (w, b), class_means(stats))) == 0.0
     # The centred ETF is not an orthogonal frame.
