@@ -28,6 +28,7 @@ import time
 import lightning.pytorch as pl
 import matplotlib
 import torch
+from _timing import bare_trainer
 from lightning.pytorch.loggers import CSVLogger
 
 matplotlib.use("Agg")
@@ -45,16 +46,12 @@ STEPS_PER_EPOCH = 20
 
 
 def trainer(root: str, epochs: int, callbacks: list, logger=False) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
+    return bare_trainer(
+        root,
+        -1,
         max_epochs=epochs,
         logger=logger,
         log_every_n_steps=STEPS_PER_EPOCH,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=root,
         callbacks=callbacks,
     )
 
