@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
@@ -73,3 +74,26 @@ def shuffled_shard_loader(
     world, rank = world_and_rank(trainer)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     return tensor_loader(dataset, batch_size, sampler=sampler)
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """The loaders of a data module whose ``setup`` fills ``train_set`` and ``val_set``.
+
+    Training: :func:`shuffled_shard_loader` with ``batch_size`` (``None``: the whole set, full
+    batch) and ``seed``; validation: the whole validation set as one batch. Subclasses set
+    ``batch_size``, ``seed`` and ``train_set = val_set = None`` in ``__init__``.
+    """
+
+    train_set: TensorBatchDataset | None
+    val_set: TensorBatchDataset | None
+    batch_size: int | None
+    seed: int
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        batch_size = self.batch_size or len(self.train_set)
+        return shuffled_shard_loader(self.train_set, batch_size, self.trainer, self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "call setup() first"
+        return tensor_loader(self.val_set, len(self.val_set))

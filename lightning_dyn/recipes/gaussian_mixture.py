@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import itertools
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,12 +21,11 @@ from lightning_dyn.optim.factory import OptimizerFactory
 from lightning_dyn.recipes._classifier import ClassifierRecipeModule
 from lightning_dyn.recipes._data import (
     TensorBatchDataset,
-    shuffled_shard_loader,
-    tensor_loader,
+    TensorDataModule,
 )
 
 
-class GaussianMixtureDataModule(pl.LightningDataModule):
+class GaussianMixtureDataModule(TensorDataModule):
     """``num_classes`` Gaussian clusters; train and validation sets drawn from the same mixture.
 
     Args:
@@ -81,15 +79,6 @@ class GaussianMixtureDataModule(pl.LightningDataModule):
             y = y[torch.randperm(len(y), generator=gen)]
         self.train_set = TensorBatchDataset(x, y)
         self.val_set = TensorBatchDataset(*draw(max(1, self.per_class // 4)))
-
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        assert self.train_set is not None, "call setup() first"
-        batch_size = self.batch_size or len(self.train_set)
-        return shuffled_shard_loader(self.train_set, batch_size, self.trainer, self.seed)
-
-    def val_dataloader(self) -> torch.utils.data.DataLoader:
-        assert self.val_set is not None, "call setup() first"
-        return tensor_loader(self.val_set, len(self.val_set))
 
 
 class MixtureMLP(nn.Module):

@@ -30,8 +30,7 @@ from lightning_dyn.optim.factory import OptimizerFactory
 from lightning_dyn.recipes._classifier import ClassifierRecipeModule
 from lightning_dyn.recipes._data import (
     TensorBatchDataset,
-    shuffled_shard_loader,
-    tensor_loader,
+    TensorDataModule,
 )
 
 DATASETS = ("synthetic", "digits")
@@ -62,7 +61,7 @@ def digits_images() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.as_tensor(digits.target, dtype=torch.long)
 
 
-class OpposingSignalsDataModule(pl.LightningDataModule):
+class OpposingSignalsDataModule(TensorDataModule):
     """8×8 images with a bright patch planted on a subset of two classes.
 
     Args:
@@ -186,15 +185,6 @@ class OpposingSignalsDataModule(pl.LightningDataModule):
         scores = self.score(detectors[0].flagged_indices())
         label = "vs planted" if self.planted else "(control: nothing planted)"
         return {f"detector {k} {label}": v for k, v in scores.items()}
-
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        assert self.train_set is not None, "call setup() first"
-        batch_size = self.batch_size or len(self.train_set)
-        return shuffled_shard_loader(self.train_set, batch_size, self.trainer, self.seed)
-
-    def val_dataloader(self) -> torch.utils.data.DataLoader:
-        assert self.val_set is not None, "call setup() first"
-        return tensor_loader(self.val_set, len(self.val_set))
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
-import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_positive_int
-from lightning_dyn.recipes._data import TensorBatchDataset, shuffled_shard_loader, tensor_loader
+from lightning_dyn.recipes._data import (
+    TensorBatchDataset,
+    TensorDataModule,
+)
 from lightning_dyn.recipes._pde_problems import check_setting, make_problem
 
 
-class PDEDataModule(pl.LightningDataModule):
+class PDEDataModule(TensorDataModule):
     """Random initial conditions and their reference trajectories, ``(u0 (B, X), u_ref (B, T, X))``.
 
     ``problem="burgers"``: periodic viscous Burgers, sine-mode ICs (``n_modes``), RK4 reference on
@@ -73,11 +74,3 @@ class PDEDataModule(pl.LightningDataModule):
             return
         self.train_set = TensorBatchDataset(*self._trajectories(self.n_train, self.seed))
         self.val_set = TensorBatchDataset(*self._trajectories(self.n_val, self.seed + 1))
-
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        assert self.train_set is not None, "call setup() first"
-        return shuffled_shard_loader(self.train_set, self.batch_size, self.trainer, self.seed)
-
-    def val_dataloader(self) -> torch.utils.data.DataLoader:
-        assert self.val_set is not None, "call setup() first"
-        return tensor_loader(self.val_set, len(self.val_set))
