@@ -74,7 +74,8 @@ def run(
     if figure:
         partition = module.solver.partition if module.constraint == "moe" else (1, 1)
         title = f"{arm}, {steps} steps"
-        field_figure(u[0], u_ref[0], module.t_final, partition, title).savefig(FIGURE, dpi=120)
+        figure = field_figure(u[0], u_ref[0], module.problem.t_final, partition, title)
+        figure.savefig(FIGURE, dpi=120)
     return {
         "problem": problem,
         "arm": arm,

@@ -174,13 +174,12 @@ class PDEModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.problem = make_problem(problem, nu, t_final)
         self.constraint, self.figure = constraint, figure
-        self.t_final = self.problem.t_final
         self.n_x, self.n_t = n_x, n_t
         x, t = self.problem.grid(n_x, n_t)
         tt, xx = torch.meshgrid(t, x, indexing="ij")
         coords = self.problem.trunk_features(tt, xx)
         self.register_buffer("coords", coords.reshape(-1, coords.shape[-1]), persistent=False)
-        factor = self.problem.time_factor(tt.reshape(-1) / self.t_final)
+        factor = self.problem.time_factor(tt.reshape(-1) / self.problem.t_final)
         self.register_buffer("times", factor, persistent=False)
         self.trunk = _mlp(coords.shape[-1], width, n_basis)
         self.branch = _mlp(n_x, width, n_basis)
@@ -315,7 +314,7 @@ class PDEModule(pl.LightningModule):
         if self.figure and self._figure_batch is not None and not self.trainer.sanity_checking:
             u, u_ref = self._figure_batch
             partition = self.solver.partition if self.constraint == "moe" else (1, 1)
-            figure = field_figure(u[0], u_ref[0], self.t_final, partition, self.constraint)
+            figure = field_figure(u[0], u_ref[0], self.problem.t_final, partition, self.constraint)
             log_figure(self.trainer, "pde/field", figure)
         self._figure_batch = None
 

@@ -59,7 +59,6 @@ class PDEDataModule(TensorDataModule):
         self.save_hyperparameters()
         self.problem = make_problem(problem, nu, t_final)
         self.n_x, self.n_t = n_x, n_t
-        self.t_final = self.problem.t_final
         self.n_train, self.n_val, self.n_modes = n_train, n_val, n_modes
         self.seed, self.batch_size = seed, batch_size
         self.train_set: TensorBatchDataset | None = None
