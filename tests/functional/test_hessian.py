@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -82,6 +83,17 @@ def _sym_matrix(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
     n = eigenvalues.shape[0]
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=_gen(seed), dtype=F64))
     return (q * eigenvalues) @ q.T
+
+
+def _counted(a: torch.Tensor) -> tuple[list[int], Callable[[torch.Tensor], torch.Tensor]]:
+    """``v -> a v`` as a plain callable, and the list it appends to on every call."""
+    calls: list[int] = []
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return a @ v
+
+    return calls, matvec
 
 
 # --- HessianOperator --------------------------------------------------------------------------
@@ -383,13 +395,7 @@ def test_random_start_is_seeded_not_global() -> None:
 
 
 def test_num_hvps_counts_every_product(mlp_problem: SimpleNamespace) -> None:
-    a = _sym_matrix(torch.linspace(-2, 5, 30, dtype=F64))
-    calls = []
-
-    def matvec(v: torch.Tensor) -> torch.Tensor:
-        calls.append(1)
-        return a @ v
-
+    calls, matvec = _counted(_sym_matrix(torch.linspace(-2, 5, 30, dtype=F64)))
     result = hessian_eigenvalues(matvec, k=2, dim=30, tol=1e-6, dtype=F64)
     assert result.num_hvps == len(calls) > 0
     calls.clear()
@@ -443,6 +449,43 @@ def test_hutch_plus_plus_beats_hutchinson_on_a_low_rank_dominated_matrix() -> No
         assert abs(plus.mean - exact) <= 3 * plus.stderr
         assert plus.stderr < 0.01 * plain.stderr
         assert abs(plus.mean - exact) < 0.01 * plain.stderr
+
+
+def _spanned_matrix() -> torch.Tensor:
+    """A full-rank float32 matrix of dim 8, which a sketch of 10 vectors would span."""
+    a = _sym_matrix(torch.linspace(-2, 5, 8, dtype=F64), seed=3).float()
+    return (a + a.T) / 2  # exactly symmetric in float32
+
+
+def _low_rank_matrix() -> torch.Tensor:
+    """Rank 3 < sketch 10 in dim 60, with small-integer entries: exact in float32, so the only
+    error left is the rounding of the products and of the sketch's basis."""
+    b = torch.randint(0, 2, (60, 3), generator=_gen(4)).float().mul_(2).sub_(1)
+    return b @ b.T
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize(
+    ("matrix", "num_hvps", "samples"),
+    [(_spanned_matrix, 8, 0), (_low_rank_matrix, 30, 10)],
+    ids=["sketch-spans-the-space", "rank-below-the-sketch"],
+)
+def test_hutch_plus_plus_stderr_covers_rounding_of_the_exact_part(
+    matrix: Callable[[], torch.Tensor], num_hvps: int, samples: int, dtype: torch.dtype, seed: int
+) -> None:
+    # The sketch captures the whole trace: all the error left is rounding. When it would span
+    # the space the trace is computed exactly with dim products, else the budget is spent.
+    a = matrix().to(dtype)
+    exact = float(a.double().trace())
+    calls, matvec = _counted(a)
+    result = hessian_trace(
+        matvec, samples=30, method="hutch++", seed=seed, dim=a.shape[0], dtype=dtype
+    )
+    assert abs(result.mean - exact) <= 3 * result.stderr
+    assert 0 < result.stderr < 1e-5 * abs(exact)
+    assert result.num_hvps == len(calls) == num_hvps
+    assert result.samples == samples and result.exact == (samples == 0)
 
 
 # --- spectral density -------------------------------------------------------------------------
