@@ -138,8 +138,9 @@ def stablemax_cross_entropy(
     round to 0 when ``logits`` are float32 or lower: pass float64 logits to see the exact values.
 
     Args:
-        logits: ``(N, C)``, ``(C,)`` or ``(N, C, d1, ...)`` unnormalised scores, class dim 1
-            (dim 0 for ``(C,)``).
+        logits: ``(N, C)``, ``(C,)`` or ``(N, C, d1, ...)`` unnormalised scores of a floating
+            dtype, class dim 1 (dim 0 for ``(C,)``). Integer logits are refused, as by
+            ``F.cross_entropy``: the loss is returned in their dtype, so it would be truncated.
         target: Class indices of an integer dtype, shape ``(N,)``, ``()`` or ``(N, d1, ...)``.
         reduction: ``"none"`` (per-element losses, the shape of ``target``), ``"mean"`` (over the
             non-ignored targets) or ``"sum"``.
@@ -151,9 +152,15 @@ def stablemax_cross_entropy(
 
     Raises:
         ValueError: If ``reduction`` is not one of ``"none"``, ``"mean"``, ``"sum"``.
-        TypeError: If ``target`` is not an integer tensor or ``dtype`` is not floating.
+        TypeError: If ``logits`` is not floating, ``target`` is not an integer tensor or
+            ``dtype`` is not floating.
     """
     check_choice("reduction", reduction, REDUCTIONS)
+    if not logits.dtype.is_floating_point:
+        raise TypeError(
+            "stablemax_cross_entropy expects logits of a floating dtype, got "
+            f"logits.dtype={logits.dtype} (cast them first, as F.cross_entropy requires)"
+        )
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise TypeError(
             "stablemax_cross_entropy expects class-index targets of an integer dtype, got "

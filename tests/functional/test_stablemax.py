@@ -199,3 +199,13 @@ def test_bad_arguments_raise() -> None:
         stablemax_cross_entropy(logits, y.float())
     with pytest.raises(TypeError, match="floating dtype"):
         stablemax_cross_entropy(logits, y, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_non_floating_logits_raise_like_cross_entropy(dtype: torch.dtype) -> None:
+    # Cast to float64 inside, integer logits would give a loss truncated back to an integer.
+    logits, y = torch.tensor([[3, 1, 0], [0, 2, 1]]).to(dtype), torch.tensor([0, 1])
+    with pytest.raises(NotImplementedError):
+        F.cross_entropy(logits, y)
+    with pytest.raises(TypeError, match=re.escape(f"logits.dtype={dtype}")):
+        stablemax_cross_entropy(logits, y)
