@@ -3,8 +3,8 @@
 Hao, Gong, Xu, Wang, Liu, "Noise-Adaptive Layerwise Learning Rates: Accelerating Geometry-Aware
 Optimization for Deep Neural Network Training", arXiv 2510.14009. Per layer ℓ and step t:
 
-    B ← β1 B + (1 - β1) G                       momentum (fp32)
-    H ← β2 H + (1 - β2) ||G_t - G_{t-1}||_*²    noise estimate in the layer's dual norm (fp32)
+    B ← β1 B + (1 - β1) G                       momentum (fp32; fp64 for fp64 weights)
+    H ← β2 H + (1 - β2) ||G_t - G_{t-1}||_*²    noise estimate in the layer's dual norm (idem)
     X ← X (1 - η wd) - η f_ℓ LMO_ℓ(B)            f_ℓ from H, relative to the layer's noise group
 
 What is reconstructed, not read from the paper (whose Algorithm 1 was not available to us, see
@@ -18,6 +18,7 @@ rule invariant to the gradient scale), with ``power = 1/2`` by default. ``adapti
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 import torch
@@ -35,6 +36,11 @@ from lightning_dyn.functional.lmo import (
 LMOS = ("spectral", "sign", "adamw")
 
 
+def _state_dtype(p: Tensor) -> torch.dtype:
+    """float32, or float64 for float64 parameters: 16-bit statistics would lose small updates."""
+    return torch.promote_types(p.dtype, torch.float32)
+
+
 class LANTON(torch.optim.Optimizer):
     """One optimizer for a whole model; each param group names its LMO.
 
@@ -49,9 +55,10 @@ class LANTON(torch.optim.Optimizer):
 
     The layerwise factor is applied inside :meth:`step` and never written into ``group["lr"]``,
     so LR schedulers and ``LearningRateMonitor`` stay correct; :meth:`effective_lrs` gives the
-    learning rate each tensor actually got at the last step. Noise statistics are fp32; ``step``
-    makes no host sync (no ``.item()``). A step skipped by a ``GradScaler`` never reaches
-    ``step``, so it does not update the noise either.
+    learning rate each tensor actually got at the last step. State (momentum, noise, AdamW
+    moments) is float32, float64 for float64 parameters, and :meth:`load_state_dict` keeps it
+    so; ``step`` makes no host sync (no ``.item()``). A step skipped by a ``GradScaler`` never
+    reaches ``step``, so it does not update the noise either.
 
     Args:
         params: tensors, or param-group dicts with the keys above (``param_names`` allowed).
@@ -138,6 +145,25 @@ class LANTON(torch.optim.Optimizer):
         self.ns = {"steps": ns_steps, "coefficients": ns_coefficients, "eps": eps}
         self.ns_dtype, self.spectral_scale = ns_dtype, spectral_scale
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load groups and state as torch does, but keep the state in LANTON's dtype.
+
+        torch casts floating state to each parameter's dtype: float32 statistics of a 16-bit
+        model would make a lossy round trip through bfloat16 (a resumed run would drift from an
+        uninterrupted one), and a float64 model's would no longer match the float64 gradients
+        of the next step. So every tensor is restored again from ``state_dict`` itself, in the
+        dtype this optimizer keeps for the parameter: the saved dtype when the parameter's
+        precision is unchanged.
+        """
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for param_id, p in zip(saved_ids, params, strict=True):
+            for key, value in state_dict["state"].get(param_id, {}).items():
+                # AdamW's step count stays where it was, on the host, as torch keeps "step".
+                device = value.device if key == "step" else p.device
+                self.state[p][key] = value.to(dtype=_state_dtype(p), device=device, copy=True)
+
     # -- the three phases of a step -------------------------------------------------------------
 
     def _dual_norm(self, lmo: str, d: Tensor) -> Tensor:
@@ -158,8 +184,8 @@ class LANTON(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 if "noise" not in state:
-                    state["noise"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                grad = p.grad.detach().float()
+                    state["noise"] = torch.zeros((), dtype=_state_dtype(p), device=p.device)
+                grad = p.grad.detach().to(_state_dtype(p))
                 if measure and "prev_grad" in state:
                     norm = self._dual_norm(group["lmo"], grad - state["prev_grad"])
                     state["noise"].mul_(self.noise_beta).add_((1 - self.noise_beta) * norm**2)
@@ -181,20 +207,22 @@ class LANTON(torch.optim.Optimizer):
         for params in members.values():
             if not self.adaptive:
                 for p in params:
-                    self.state[p]["lr_factor"] = torch.ones((), device=p.device)
+                    self.state[p]["lr_factor"] = torch.ones(
+                        (), dtype=_state_dtype(p), device=p.device
+                    )
                 continue
             noise = torch.stack([self.state[p]["noise"] for p in params])
             d = noise + self.noise_alpha * noise.max() + 1e-30
             factors = (d.min() / d) ** (self.power / 2)  # (a_ℓ / max a)^power, a = d^-1/2
             for p, factor in zip(params, factors.unbind(), strict=True):
-                self.state[p]["lr_factor"] = factor
+                self.state[p]["lr_factor"] = factor.to(_state_dtype(p))
 
     def _geometric_update(self, group: dict[str, Any]) -> None:
         for p in group["params"]:
             if p.grad is None:
                 continue
             state = self.state[p]
-            grad = p.grad.detach().float()
+            grad = p.grad.detach().to(_state_dtype(p))
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(grad)
             buf = state["momentum_buffer"]
@@ -219,11 +247,11 @@ class LANTON(torch.optim.Optimizer):
             if p.grad is None:
                 continue
             state = self.state[p]
-            grad = p.grad.detach().float()
+            grad = p.grad.detach().to(_state_dtype(p))
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(grad)
                 state["exp_avg_sq"] = torch.zeros_like(grad)
-                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["step"] = torch.zeros((), dtype=grad.dtype)  # on the host, as torch's
             state["step"] += 1
             step = state["step"]
             state["exp_avg"].lerp_(grad, 1 - beta1)

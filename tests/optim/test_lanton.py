@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import io
+from typing import Any
 
 import pytest
 import torch
@@ -16,11 +18,25 @@ def _matrices(seed: int = 0) -> list[nn.Parameter]:
     return [nn.Parameter(torch.randn(shape, generator=gen)) for shape in [(16, 8), (8, 24)]]
 
 
+def _three_kinds(dtype: torch.dtype = torch.float32) -> list[dict[str, Any]]:
+    """Two spectral matrices, a sign matrix and an AdamW vector: every kind of LANTON state."""
+    gen = torch.Generator().manual_seed(0)
+
+    def param(*shape: int) -> nn.Parameter:
+        return nn.Parameter(torch.randn(shape, generator=gen).to(dtype))
+
+    return [
+        {"params": [param(16, 8), param(8, 24)]},
+        {"params": [param(10, 4)], "lmo": "sign"},
+        {"params": [param(4)], "lmo": "adamw"},
+    ]
+
+
 def _set_grads(params, step: int, noise_scales=(1.0, 1.0)) -> None:
     gen = torch.Generator().manual_seed(1000 + step)
     for p, scale in zip(params, noise_scales, strict=True):
-        signal = torch.ones_like(p) * 0.1
-        p.grad = signal + scale * torch.randn(p.shape, generator=gen)
+        signal = torch.full(p.shape, 0.1)
+        p.grad = (signal + scale * torch.randn(p.shape, generator=gen)).to(p.dtype)
 
 
 def test_not_adaptive_matches_torch_muon() -> None:
@@ -61,23 +77,100 @@ def test_equal_noise_gives_equal_rates_and_adaptive_false_gives_the_base_rate() 
     assert all(lr == pytest.approx(0.01) for lr in optimizer.effective_lrs().values())
 
 
-@pytest.mark.parametrize("noise_every", [1, 3])
-def test_state_dict_round_trip_is_exact(noise_every: int) -> None:
-    params = _matrices()
-    optimizer = LANTON(params, lr=0.01, noise_every=noise_every)
-    for step in range(20):
-        _set_grads(params, step, noise_scales=(1.0, 3.0))
+STATE_DTYPES = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+    torch.bfloat16: torch.float32,
+    torch.float16: torch.float32,
+}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "noise_every"),
+    [
+        (torch.float32, 1),
+        (torch.float32, 3),
+        (torch.float64, 1),
+        (torch.bfloat16, 1),
+        (torch.float16, 3),
+    ],
+    ids=str,
+)
+def test_state_dict_round_trip_is_exact(dtype: torch.dtype, noise_every: int) -> None:
+    """timm's test: prime, load the state into a fresh optimizer on cloned weights, step both."""
+    groups = _three_kinds(dtype)
+    optimizer = LANTON(groups, lr=0.01, noise_every=noise_every)
+    params = [p for g in groups for p in g["params"]]
+    scales = (1.0, 3.0, 1.0, 1.0)
+    for step in range(10):
+        _set_grads(params, step, scales)
         optimizer.step()
-    clone = [nn.Parameter(p.detach().clone()) for p in params]
-    restored = LANTON(clone, lr=0.01, noise_every=noise_every)
+    fresh = _three_kinds(dtype)
+    clone = [p for g in fresh for p in g["params"]]
+    with torch.no_grad():
+        for c, p in zip(clone, params, strict=True):
+            c.copy_(p)
+    restored = LANTON(fresh, lr=0.01, noise_every=noise_every)
     restored.load_state_dict(copy.deepcopy(optimizer.state_dict()))
-    for step in range(20, 40):
-        _set_grads(params, step, noise_scales=(1.0, 3.0))
-        _set_grads(clone, step, noise_scales=(1.0, 3.0))
+    for step in range(10, 20):
+        _set_grads(params, step, scales)
+        _set_grads(clone, step, scales)
         optimizer.step()
         restored.step()
     for a, b in zip(params, clone, strict=True):
         assert torch.equal(a, b)
+        assert optimizer.state[a].keys() == restored.state[b].keys()
+        for key, value in optimizer.state[a].items():
+            assert value.dtype == restored.state[b][key].dtype == STATE_DTYPES[dtype], key
+            assert torch.equal(value, restored.state[b][key]), key
+    strip = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    assert strip == [{k: v for k, v in g.items() if k != "params"} for g in restored.param_groups]
+
+
+def test_a_float64_model_resumes_from_a_saved_checkpoint() -> None:
+    """The pde recipe trains in float64: save and load through torch.save, as Lightning does."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1)
+    ).double()
+    resumed = copy.deepcopy(model)
+    x = torch.randn(64, 4, dtype=torch.float64)
+    y = x.sum(dim=1, keepdim=True).sin()
+
+    def train(net: nn.Module, optimizer: LANTON, steps: int) -> None:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(net(x), y).backward()
+            optimizer.step()
+
+    optimizer = LANTON(param_groups(model, lr=0.02, adamw_lr=3e-3))
+    train(model, optimizer, 5)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    train(model, optimizer, 5)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer)
+    resumed.load_state_dict(checkpoint["model"])
+    optimizer = LANTON(param_groups(resumed, lr=0.02, adamw_lr=3e-3))
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    train(resumed, optimizer, 5)
+    for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_float32_state_loads_into_float64_parameters() -> None:
+    """A run resumed at a higher precision (32-true to 64-true) upcasts the state and steps."""
+    params = _matrices()
+    optimizer = LANTON(params, lr=0.01)
+    for step in range(3):
+        _set_grads(params, step)
+        optimizer.step()
+    doubles = [nn.Parameter(p.detach().double()) for p in params]
+    restored = LANTON(doubles, lr=0.01)
+    restored.load_state_dict(optimizer.state_dict())
+    assert {v.dtype for p in doubles for v in restored.state[p].values()} == {torch.float64}
+    _set_grads(doubles, 3)
+    restored.step()
 
 
 def test_scheduler_changes_group_lr_and_the_factor_is_not_written_back() -> None:
