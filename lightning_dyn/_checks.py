@@ -35,3 +35,25 @@ def check_real(name: str, value: Any, strictly_positive: bool = False) -> None:
     if not (ok and (value > 0 if strictly_positive else value >= 0)):
         bound = "> 0" if strictly_positive else ">= 0"
         raise ValueError(f"{name} must be a finite number {bound}; got {value!r}.")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is a ``bool`` (``"no"`` or ``0`` would be misread)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}.")
+
+
+def check_callable(name: str, value: Any, signature: str, optional: bool = True) -> None:
+    """Raise ``ValueError`` unless ``value`` is callable (or ``None`` when ``optional``).
+
+    ``signature`` is shown in the message, e.g. ``"(pl_module, batch) -> (logits, targets)"``:
+    a string such as ``"my_module.fn"`` from a config file is not resolved here.
+    """
+    if value is None and optional:
+        return
+    if not callable(value):
+        raise ValueError(
+            f"{name} must be a callable {signature}"
+            + (" or None" if optional else "")
+            + f"; got {type(value).__name__} {value!r}."
+        )

@@ -19,8 +19,9 @@ class FeatureCapture:
     """Keeps the features of one module while ``capturing`` is on, a no-op otherwise.
 
     With ``of_input=True`` the module's input is captured (the penultimate features when the
-    module is the classifier head), else its output. Features are flattened to ``(N, D)`` and
-    detached. The hook stays registered for the whole fit, so it exists before the first forward
+    module is the classifier head), else its output. Features are detached; :meth:`take` flattens
+    them to ``(N, D)`` per example, :meth:`take_rows` keeps the last dimension for one row per
+    position. The hook stays registered for the whole fit, so it exists before the first forward
     (hooks added later are missed by an already compiled module), and costs one attribute test
     per forward while off.
     """
@@ -53,7 +54,7 @@ class FeatureCapture:
     def _keep(self, value: Any) -> None:
         if not isinstance(value, Tensor):
             raise TypeError(f"the feature module must produce a tensor; got {type(value)}.")
-        self.chunks.append(value.detach().reshape(value.shape[0], -1))
+        self.chunks.append(value.detach())
 
     def _keep_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self.capturing:
@@ -65,7 +66,14 @@ class FeatureCapture:
 
     def take(self) -> Tensor:
         """Every captured feature since the last call, as one ``(N, D)`` float tensor."""
+        return torch.cat([c.reshape(c.shape[0], -1) for c in self._taken()]).float()
+
+    def take_rows(self) -> Tensor:
+        """The captured features as they came (``(N, D)``, ``(N, T, D)`` ...), one float tensor."""
+        return torch.cat(self._taken()).float()
+
+    def _taken(self) -> list[Tensor]:
         chunks, self.chunks = self.chunks, []
         if not chunks:
             raise RuntimeError("the feature module did not run during the probe forward pass.")
-        return torch.cat(chunks).float()
+        return chunks

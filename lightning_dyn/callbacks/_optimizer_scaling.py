@@ -73,11 +73,16 @@ def _adam(
     lrs = {float(g["lr"]) for g in own}
     scaling = OptimizerScaling("adam", beta1, stability_threshold("adam", beta1), None, None)
     scaling.uniform_lr = lrs.pop() if len(lrs) == 1 else None
+    states = [optimizer.state.get(p, {}) for p in params]
+    if not any("exp_avg_sq" in state for state in states):
+        return scaling, ""  # before the first step: no preconditioner yet
     steps = []
-    for p, group in zip(params, own, strict=True):
-        state = optimizer.state.get(p, {})
+    for p, group, state in zip(params, own, states, strict=True):
         if "exp_avg_sq" not in state:
-            return scaling, ""  # before the first step: no preconditioner yet
+            # Never had a gradient, so Adam never stepped it: step size 0. Its Hessian block is
+            # zero too (the loss does not depend on it), so it changes no eigenvalue.
+            steps.append(torch.zeros_like(p, dtype=torch.float32))
+            continue
         v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
         beta1_, beta2 = group["betas"]
         pre = adam_preconditioner(v, float(state["step"]), beta1_, beta2, group["eps"])

@@ -14,7 +14,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lightning_dyn.callbacks._measurement import training_batch
 
 
 def take(batch: Any, index: Tensor) -> Any:
@@ -85,6 +87,9 @@ def build_probe(
 ) -> Probe:
     """Draw the probe and move this rank's share (every ``world_size``-th position) to device.
 
+    The share is converted as Lightning converts a training batch (precision, transfer hooks:
+    ``_measurement.training_batch``). A probe with fewer examples than ranks is refused.
+
     ``probe`` is a list of training-set indices, a ``DataLoader`` read once in full, or ``None``
     for ``probe_size`` training examples drawn at random (fixed by ``seed``), sorted by index, or
     with ``first=True`` the first ``probe_size`` examples by index.
@@ -95,8 +100,10 @@ def build_probe(
         size = batch_length(full)
         indices = torch.arange(size)
         positions = torch.arange(rank, size, world)
-        local = trainer.strategy.batch_to_device(take(full, positions))
-        return Probe(size, indices, positions, local, whole=full if rank == 0 else None)
+        local = training_batch(trainer, take(full, positions))
+        return _checked(
+            Probe(size, indices, positions, local, whole=full if rank == 0 else None), world
+        )
     loader = trainer.train_dataloader
     if loader is None or not hasattr(loader, "dataset"):
         raise ValueError(
@@ -121,9 +128,18 @@ def build_probe(
                 f"probe holds indices outside the training set [0, {n}): {bad[:5].tolist()}."
             )
     positions = torch.arange(rank, len(indices), world)
-    local = _fetch(dataset, indices[positions].tolist(), loader)
-    local = trainer.strategy.batch_to_device(local)
-    return Probe(len(indices), indices, positions, local, dataset=dataset)
+    local = training_batch(trainer, _fetch(dataset, indices[positions].tolist(), loader))
+    return _checked(Probe(len(indices), indices, positions, local, dataset=dataset), world)
+
+
+def _checked(probe: Probe, world: int) -> Probe:
+    # Every rank knows the probe's size, so every rank refuses alike: none waits in a collective.
+    if probe.size < world:
+        raise ValueError(
+            f"the probe has {probe.size} examples, fewer than the {world} ranks that share it "
+            "(a rank would measure nothing); use a probe of at least one example per rank."
+        )
+    return probe
 
 
 def gather_by_position(trainer: pl.Trainer, probe: Probe, values: Tensor) -> Tensor:
@@ -142,3 +158,24 @@ def gather_by_position(trainer: pl.Trainer, probe: Probe, values: Tensor) -> Ten
     # Rank r holds positions r, r + world, ...: interleave the shards back into probe order.
     full = gathered.transpose(0, 1).reshape(per_rank * world, *values.shape[1:])
     return full[: probe.size]
+
+
+def unpadded_length(loader: Any) -> int | None:
+    """How many of this rank's examples in ``loader`` are real, or ``None`` if all are.
+
+    ``DistributedSampler`` (which Lightning injects under DDP) pads the index list by repeating
+    its first indices until every rank gets the same number, ``ceil(n / world)``; global position
+    ``i`` goes to rank ``i % world``, so the padding is the tail of each rank's pass, after the
+    first ``len(range(rank, n, world))`` examples. A monitor that streams a loader stops there to
+    count every example once.
+    """
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if batch_sampler is not None and hasattr(batch_sampler, "sampler"):
+        sampler = batch_sampler.sampler
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return None
+    n = len(sampler.dataset)
+    if n % sampler.num_replicas == 0:
+        return None
+    return len(range(sampler.rank, n, sampler.num_replicas))

@@ -9,9 +9,17 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn._checks import check_bool, check_callable, check_choice, check_positive_int
+from lightning_dyn.callbacks._adapters import (
+    LOGITS_FN_SIGNATURE,
+    ForwardFirstInput,
+    LogitsFn,
+    classes_last,
+)
+from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
 from lightning_dyn.callbacks._features import FeatureCapture, last_linear_name
-from lightning_dyn.callbacks.softmax_collapse import LogitsFn, forward_first_input
+from lightning_dyn.callbacks._measurement import probe_pass, training_batch
+from lightning_dyn.callbacks._probe import batch_length, unpadded_length
 from lightning_dyn.functional.neural_collapse import (
     NC_TARGETS,
     class_means,
@@ -26,15 +34,18 @@ from lightning_dyn.nn.neural_collapse_statistics import NeuralCollapseStatistics
 DATALOADERS = ("train", "val")
 NC4_MODES = ("second_pass", "lagged", "off")
 GEOMETRIES = ("auto", *NC_TARGETS)
+NC_METRICS = ("nc1", "nc1_trace_ratio", "cdnv", "nc3", "nc4", "gram_distance")
 
 
 class NeuralCollapseMonitor(pl.Callback):
     """Logs NC1-NC4 (Papyan, Han & Donoho, arXiv 2008.08186) every ``every_n_epochs`` epochs.
 
-    After the last batch of a training epoch, in eval mode without gradients (train mode
-    restored), the callback runs the model over ``dataloader`` (``"train"``: the training
-    loader, each DDP rank its own shard; ``"val"``: the first validation loader), captures the
-    penultimate features
+    After the last batch of a training epoch, in eval mode without gradients (every submodule's
+    own mode restored after), the callback runs the model over ``dataloader`` (``"train"``: the
+    training loader, each DDP rank its own shard; ``"val"``: the first validation loader),
+    batches converted as Lightning converts training batches (precision included), and each
+    example counted once (the padding ``DistributedSampler`` adds to uneven shards is left out).
+    It captures the penultimate features
     with a forward hook registered at ``on_fit_start`` (the input of ``classifier``, or the
     output of ``feature_module``), and accumulates per-class sufficient statistics in a
     ``NeuralCollapseStatistics`` metric: memory ``O(K·D + D²)``, whatever the dataset size,
@@ -43,6 +54,11 @@ class NeuralCollapseMonitor(pl.Callback):
     ``equinorm_means``, ``equinorm_classifier``, ``equiangularity``, ``max_angle``,
     ``gram_distance`` (class means vs the target geometry), ``nc3`` and ``nc4``, plus a figure
     ``nc/gram`` of the class means' Gram matrix next to the target's.
+
+    Per-token targets (language models, taggers: features ``(N, T, D)``, logits ``(N, T, K)`` or
+    ``(N*T, K)``, targets ``(N, T)``) count every position as one example, leaving out targets of
+    -100. When the features are not finite (a diverged run) the metrics are logged as NaN with a
+    warning that names the step, and training goes on.
 
     NC4 compares the classifier with the nearest class mean, so it needs the means first:
     ``nc4="second_pass"`` runs the loader a second time (exact, twice the cost),
@@ -88,15 +104,18 @@ class NeuralCollapseMonitor(pl.Callback):
         check_choice("geometry", geometry, GEOMETRIES)
         check_choice("nc4", nc4, NC4_MODES)
         check_choice("loss", loss, ("cross_entropy", "square"))
+        check_callable("logits_fn", logits_fn, LOGITS_FN_SIGNATURE)
+        check_bool("figure", figure)
         self.feature_module, self.classifier = feature_module, classifier
         self.dataloader, self.every_n_epochs = dataloader, every_n_epochs
         self.max_batches, self.geometry, self.nc4, self.loss = max_batches, geometry, nc4, loss
-        self.logits_fn, self.figure = logits_fn or forward_first_input, figure
+        self.logits_fn, self.figure = logits_fn or ForwardFirstInput(type(self).__name__), figure
         self._capture = FeatureCapture()
         self._head: nn.Linear | None = None
         self._previous_means: Tensor | None = None  # for nc4="lagged"
         self._previous_global: Tensor | None = None  # the shift of the next accumulation
         self._measurements = 0
+        self._guard = DivergenceGuard(type(self).__name__)
 
     @property
     def state_key(self) -> str:
@@ -115,6 +134,7 @@ class NeuralCollapseMonitor(pl.Callback):
                 "last nn.Linear, and this module has none."
             )
         self._head = head
+        self._guard.start_fit()
         if self.feature_module is None:
             self._capture.attach(pl_module, name, of_input=True)
         else:
@@ -145,17 +165,15 @@ class NeuralCollapseMonitor(pl.Callback):
     def _maybe_measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        was_training = pl_module.training
-        pl_module.eval()
         try:
-            metrics, stats = self._measure(trainer, pl_module)
+            with probe_pass(pl_module):
+                metrics, stats = self._measure(trainer, pl_module)
         finally:
             self._capture.capturing = False
-            pl_module.train(was_training)
         self._measurements += 1
         for key, value in metrics.items():
             pl_module.log(f"nc/{key}", value, on_step=False, on_epoch=True)
-        if self.figure:
+        if self.figure and stats is not None:
             log_figure(trainer, "nc/gram", _gram_figure(stats, self._target(stats), trainer))
 
     # --- measurement ----------------------------------------------------------------------------
@@ -171,16 +189,50 @@ class NeuralCollapseMonitor(pl.Callback):
         return loaders
 
     def _batches(self, trainer: pl.Trainer) -> Any:
-        for index, batch in enumerate(self._loader(trainer)):
+        """``(batch, n)``: each batch, converted, and how many of its first examples count."""
+        loader = self._loader(trainer)
+        remaining = unpadded_length(loader)  # None: no padding to leave out
+        for index, batch in enumerate(loader):
             if self.max_batches is not None and index >= self.max_batches:
                 return
-            yield trainer.strategy.batch_to_device(batch)
+            size = batch_length(batch)
+            if remaining is None:
+                yield training_batch(trainer, batch), size
+                continue
+            # A rank whose real examples are used up still runs its padded batch (counting
+            # none of it): the statistics then exist on every rank for the reduction.
+            if remaining <= 0 and index > 0:
+                return
+            yield training_batch(trainer, batch), max(0, min(size, remaining))
+            remaining -= size
 
-    def _features(self, pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+    def _features(
+        self, pl_module: pl.LightningModule, batch: Any, count: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(M, D)`` features, ``(M, K)`` logits and ``(M,)`` targets of the first ``count``
+        examples of ``batch``: one row per example, or per classified position."""
         self._capture.capturing = True
         logits, targets = self.logits_fn(pl_module, batch)
         self._capture.capturing = False
-        return self._capture.take(), logits, targets
+        features = self._capture.take_rows()
+        owner = type(self).__name__
+        logits = classes_last(logits, targets, owner)
+        if targets.ndim <= 1:
+            features = features.reshape(features.shape[0], -1)
+        elif tuple(features.shape[:-1]) != tuple(targets.shape):
+            raise ValueError(
+                f"{owner}: features of shape {tuple(features.shape)} do not match targets of "
+                f"shape {tuple(targets.shape)}: per-token targets need one feature row per "
+                "target position, (N, T, D) with (N, T). Pass feature_module= naming the module "
+                "whose output these are, or logits_fn= to return other targets."
+            )
+        features, logits, targets = features[:count], logits[:count], targets[:count]
+        keep = targets.reshape(-1) != -100
+        return (
+            features.reshape(-1, features.shape[-1])[keep],
+            logits.reshape(-1, logits.shape[-1])[keep],
+            targets.reshape(-1)[keep],
+        )
 
     @torch.no_grad()
     def _measure(
@@ -189,8 +241,8 @@ class NeuralCollapseMonitor(pl.Callback):
         head = self._head
         lagged = self.nc4 == "lagged" and self._previous_means is not None
         metric: NeuralCollapseStatistics | None = None
-        for batch in self._batches(trainer):
-            features, logits, targets = self._features(pl_module, batch)
+        for batch, count in self._batches(trainer):
+            features, logits, targets = self._features(pl_module, batch, count)
             if metric is None:
                 k, d = head.out_features, features.shape[1]
                 shift = self._previous_shift(d)
@@ -201,11 +253,14 @@ class NeuralCollapseMonitor(pl.Callback):
         if metric is None:
             raise ValueError(f"the {self.dataloader} dataloader yielded no batch to measure.")
         stats, mismatches, count = metric.unpack(metric.compute())
+        # compute() synchronised the ranks: every rank takes the same branch here.
+        if not self._guard.all_finite(trainer, [stats.sums, stats.second_moment], synced=True):
+            return nan_metrics(NC_METRICS), None
         means = class_means(stats)
         if self.nc4 == "second_pass":
             second = NeuralCollapseStatistics(head.out_features, stats.dim).to(means.device)
-            for batch in self._batches(trainer):
-                features, logits, _ = self._features(pl_module, batch)
+            for batch, count in self._batches(trainer):
+                features, logits, _ = self._features(pl_module, batch, count)
                 second.update_nc4(features, logits, means)
             _, mismatches, count = second.unpack(second.compute())
         bias = head.bias.detach() if head.bias is not None else None
@@ -237,12 +292,14 @@ class NeuralCollapseMonitor(pl.Callback):
             "measurements": self._measurements,
             "previous_means": self._previous_means,
             "previous_global": self._previous_global,
+            **self._guard.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._measurements = state_dict["measurements"]
         self._previous_means = state_dict["previous_means"]
         self._previous_global = state_dict["previous_global"]
+        self._guard.load_state_dict(state_dict)
 
 
 def _gram_figure(stats: Any, target: str, trainer: pl.Trainer) -> Any:

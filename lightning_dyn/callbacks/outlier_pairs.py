@@ -8,17 +8,22 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_dyn._checks import check_fraction, check_positive_int
+from lightning_dyn._checks import check_bool, check_callable, check_fraction, check_positive_int
+from lightning_dyn.callbacks._adapters import (
+    LOGITS_FN_SIGNATURE,
+    ForwardFirstInput,
+    LogitsFn,
+    per_example_cross_entropy,
+)
+from lightning_dyn.callbacks._divergence import DivergenceGuard
 from lightning_dyn.callbacks._features import FeatureCapture, last_linear_name
 from lightning_dyn.callbacks._intervals import due_at_step
+from lightning_dyn.callbacks._measurement import probe_pass
 from lightning_dyn.callbacks._outlier_report import log_detection
 from lightning_dyn.callbacks._probe import Probe, build_probe, gather_by_position, take
-from lightning_dyn.callbacks.softmax_collapse import LogitsFn, forward_first_input
 from lightning_dyn.functional.opposing_signals import (
     group_gradient_cosine,
     mean_per_example,
@@ -43,7 +48,8 @@ class OutlierPairDetector(pl.Callback):
     consistent feature but differing in label (sky in planes vs. boats) have opposing gradients;
     once the network sharpens, their losses oscillate in antiphase and can make the whole loss
     spike. Every ``every_n_steps`` optimizer steps this callback evaluates the per-example loss
-    of a fixed probe of training examples (eval mode, no ``.grad`` touched, train mode restored)
+    of a fixed probe of training examples (drawn at ``on_train_start`` and converted to the
+    training precision; eval mode, no ``.grad`` touched, every submodule's own mode restored)
     into a ring buffer of the last ``window`` evaluations (``probe × window`` floats, whatever
     the length of training). Every ``grad_check_every`` evaluations, once the buffer is full, it
     searches for opposing pairs:
@@ -73,7 +79,9 @@ class OutlierPairDetector(pl.Callback):
     their examples; it and the ring buffer are saved in checkpoints, so a resumed run continues
     exactly. Under DDP each rank evaluates every ``world_size``-th probe example and the losses
     (and features) are all-gathered; group gradients are all-reduced, so every rank takes the
-    same decisions and the same collectives.
+    same decisions and the same collectives. Per-token targets (logits ``(N, T, K)``, targets
+    ``(N, T)``) give each example the mean loss of its positions. When the probe losses are not
+    finite (a diverged run) the search is skipped, a warning names the step, and training goes on.
 
     Args:
         probe: the probe examples: training-set indices, a ``DataLoader`` (read once), or
@@ -97,7 +105,8 @@ class OutlierPairDetector(pl.Callback):
         min_flips: sign flips of each group's loss change required in the window.
         min_group_size: smaller groups are ignored.
         max_pairs: antiphase pairs whose gradients are compared per search.
-        loss_fn: ``loss_fn(outputs, targets, reduction="none")`` giving per-example losses.
+        loss_fn: ``loss_fn(outputs, targets, reduction="none")`` giving per-example losses;
+            ``None`` is cross-entropy (per position for per-token targets, then averaged).
         logits_fn: ``(pl_module, batch) -> (outputs, targets)``; default ``pl_module(batch[0])``
             and ``batch[1]``.
         batch_size: examples per forward pass on the probe.
@@ -126,7 +135,7 @@ class OutlierPairDetector(pl.Callback):
         min_flips: int = 2,
         min_group_size: int = 4,
         max_pairs: int = 3,
-        loss_fn: LossFn = F.cross_entropy,
+        loss_fn: LossFn | None = None,
         logits_fn: LogitsFn | None = None,
         batch_size: int = 1024,
         max_media_examples: int = 8,
@@ -167,6 +176,10 @@ class OutlierPairDetector(pl.Callback):
                 f"probe must be a list of training-set indices, a DataLoader or None; got "
                 f"{type(probe).__name__}."
             )
+        check_callable("group_fn", group_fn, "(indices, batch) -> group ids")
+        check_callable("loss_fn", loss_fn, '(outputs, targets, reduction="none") -> losses')
+        check_callable("logits_fn", logits_fn, LOGITS_FN_SIGNATURE)
+        check_bool("split_by_target", split_by_target)
         if group_fn is not None and feature_module is not None:
             raise ValueError("give group_fn or feature_module, not both: groups come from one.")
         self.probe_spec, self.probe_size, self.every_n_steps = probe, probe_size, every_n_steps
@@ -176,7 +189,7 @@ class OutlierPairDetector(pl.Callback):
         self.sketch_dim, self.corr_threshold = sketch_dim, corr_threshold
         self.cos_threshold, self.min_flips = cos_threshold, min_flips
         self.min_group_size, self.max_pairs = min_group_size, max_pairs
-        self.loss_fn, self.logits_fn = loss_fn, logits_fn or forward_first_input
+        self.loss_fn, self.logits_fn = loss_fn, logits_fn or ForwardFirstInput(type(self).__name__)
         self.batch_size, self.max_media_examples = batch_size, max_media_examples
         self.report_every = report_every
         self.seed = seed
@@ -193,6 +206,7 @@ class OutlierPairDetector(pl.Callback):
         self._last_media: int | None = None
         self._num_detections = 0
         self._first_detection: tuple[int, str, str] | None = None
+        self._guard = DivergenceGuard(type(self).__name__)
 
     @property
     def state_key(self) -> str:
@@ -203,6 +217,7 @@ class OutlierPairDetector(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A new fit may bring new data: draw the probe and read its targets again.
         self._probe, self._targets, self._targets_read = None, None, False
+        self._guard.start_fit()
         if self.group_fn is not None:
             return
         name = self.feature_module or last_linear_name(pl_module)
@@ -212,6 +227,10 @@ class OutlierPairDetector(pl.Callback):
                 "penultimate features; pass feature_module=<submodule name> or group_fn."
             )
         self._capture.attach(pl_module, name, of_input=self.feature_module is None)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Drawn here, where the training loader exists: a probe that cannot work fails at once.
+        self._probe = self._draw_probe(trainer, pl_module)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._capture.detach()
@@ -223,23 +242,19 @@ class OutlierPairDetector(pl.Callback):
         if not due_at_step(step, self._last_step, self.every_n_steps):
             return  # a micro-batch of an accumulating step, or not an evaluating step
         self._last_step = step
-        if self._probe is None:
-            self._probe = self._draw_probe(trainer, pl_module)
         search = (
             self._evaluations + 1 >= self.window
             and (self._evaluations + 1) % self.grad_check_every == 0
         )
-        was_training = pl_module.training
-        pl_module.eval()
         try:
-            losses, features = self._evaluate(trainer, pl_module, capture=search)
-            self._push(step, losses)
-            metrics = {"probe_loss": float(losses.mean())}
-            if search:
-                metrics.update(self._search(trainer, pl_module, features))
+            with probe_pass(pl_module):
+                losses, features = self._evaluate(trainer, pl_module, capture=search)
+                self._push(step, losses)
+                metrics = {"probe_loss": float(losses.mean())}
+                if search:
+                    metrics.update(self._search(trainer, pl_module, features))
         finally:
             self._capture.capturing = False
-            pl_module.train(was_training)
         for key, value in metrics.items():
             pl_module.log(f"opposing/{key}", value, on_step=True, on_epoch=False)
 
@@ -247,11 +262,6 @@ class OutlierPairDetector(pl.Callback):
 
     def _draw_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Probe:
         probe = build_probe(trainer, self.probe_spec, self.probe_size, self.seed)
-        if probe.size < trainer.world_size:
-            raise ValueError(
-                f"the probe has {probe.size} examples, fewer than the {trainer.world_size} "
-                "ranks that share it; use a larger probe."
-            )
         if self._losses is not None and self._losses.shape[1] != probe.size:
             raise ValueError(
                 f"the probe has {probe.size} examples but the restored buffer holds "
@@ -281,7 +291,7 @@ class OutlierPairDetector(pl.Callback):
         for start in range(0, n_local, self.batch_size):
             rows = torch.arange(start, min(start + self.batch_size, n_local))
             outputs, target = self.logits_fn(pl_module, take(probe.batch, rows))
-            losses.append(mean_per_example(self.loss_fn(outputs, target, reduction="none")))
+            losses.append(mean_per_example(self._per_example_loss(outputs, target)))
             targets.append(target)
         self._capture.capturing = False
         local = torch.cat(losses).float()
@@ -295,6 +305,11 @@ class OutlierPairDetector(pl.Callback):
         if capture:
             features = gather_by_position(trainer, probe, self._capture.take()).cpu()
         return full, features
+
+    def _per_example_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
+        if self.loss_fn is None:
+            return per_example_cross_entropy(outputs, target, type(self).__name__)
+        return self.loss_fn(outputs, target, reduction="none")
 
     def _push(self, step: int, losses: Tensor) -> None:
         if self._losses is None:
@@ -315,8 +330,8 @@ class OutlierPairDetector(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, features: Tensor | None
     ) -> dict[str, float]:
         window, steps = self._ordered()
-        if not torch.isfinite(window).all():
-            rank_zero_warn("OutlierPairDetector: non-finite probe losses; pair search skipped.")
+        # The losses were gathered: every rank sees the same window and takes the same branch.
+        if not self._guard.all_finite(trainer, [window], synced=True):
             return {"num_groups": 0.0, "num_flagged": 0.0}
         rising, falling = top_loss_changes(window[-2], window[-1], min(self.k, window.shape[1]))
         members = torch.cat([rising, falling]).unique()
@@ -398,7 +413,7 @@ class OutlierPairDetector(pl.Callback):
             for start in range(0, len(rows), self.batch_size):
                 chunk = take(self._probe.batch, rows[start : start + self.batch_size])
                 outputs, target = self.logits_fn(pl_module, chunk)
-                loss = mean_per_example(self.loss_fn(outputs, target, reduction="none")).sum()
+                loss = mean_per_example(self._per_example_loss(outputs, target)).sum()
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for total, g in zip(totals, grads, strict=True):
                     if g is not None:
@@ -461,6 +476,7 @@ class OutlierPairDetector(pl.Callback):
             "detections": list(self.detections),
             "num_detections": self._num_detections,
             "first_detection": self._first_detection,
+            **self._guard.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -473,3 +489,4 @@ class OutlierPairDetector(pl.Callback):
         self.detections.extend(state_dict["detections"])
         self._num_detections = state_dict["num_detections"]
         self._first_detection = state_dict["first_detection"]
+        self._guard.load_state_dict(state_dict)

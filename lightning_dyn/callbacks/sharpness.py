@@ -7,17 +7,18 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn._checks import check_bool, check_callable, check_choice, check_positive_int
+from lightning_dyn.callbacks._adapters import NAMED_LOSSES, HessianLossFn, LossOfFirstInput
+from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
 from lightning_dyn.callbacks._intervals import due_at_step
+from lightning_dyn.callbacks._measurement import compiled_submodules, probe_pass
 from lightning_dyn.callbacks._optimizer_scaling import optimizer_scaling
 from lightning_dyn.callbacks._probe import Probe, build_probe, take
-from lightning_dyn.functional.classification_losses import one_hot_square_loss
-from lightning_dyn.functional.hvp import HessianOperator, measuring
+from lightning_dyn.functional.hvp import HessianOperator
 from lightning_dyn.functional.lanczos import (
     hessian_eigenvalues,
     hessian_spectral_density,
@@ -25,24 +26,7 @@ from lightning_dyn.functional.lanczos import (
 )
 from lightning_dyn.loggers import log_figure
 
-LossFn = Callable[[Callable[..., Tensor], Any], Tensor]
-HVP_METHODS = ("double_backward", "forward_over_reverse")
-
-
-def cross_entropy_of_first_input(forward: Callable[..., Tensor], batch: Any) -> Tensor:
-    """``loss_fn="cross_entropy"``: a batch ``(inputs, targets)``, a model returning logits."""
-    return F.cross_entropy(forward(batch[0]), batch[1])
-
-
-def square_loss_of_first_input(forward: Callable[..., Tensor], batch: Any) -> Tensor:
-    """``loss_fn="square"``: ``½||f(x) - onehot(y)||²`` averaged over the batch."""
-    return one_hot_square_loss(forward(batch[0]), batch[1])
-
-
-NAMED_LOSSES: dict[str, LossFn] = {
-    "cross_entropy": cross_entropy_of_first_input,
-    "square": square_loss_of_first_input,
-}
+HVP_METHODS = ("auto", "double_backward", "forward_over_reverse")
 
 
 class SharpnessMonitor(pl.Callback):
@@ -52,9 +36,10 @@ class SharpnessMonitor(pl.Callback):
     ``λ_max(H)`` rises until it reaches the optimiser's stability threshold (``2/η`` for SGD)
     and hovers there (the edge of stability). Every ``every_n_steps`` optimizer steps, in
     ``on_train_batch_end`` (a training hook: never under ``inference_mode``), on the eager
-    LightningModule (not the DDP wrapper), in eval mode with autocast off, without touching
-    ``.grad`` and restoring every module's mode afterwards, this callback logs under
-    ``sharpness/``:
+    LightningModule (not the DDP wrapper), in eval mode with autocast off and attention on its
+    math kernel (the fused ``scaled_dot_product_attention`` kernels have no second derivatives),
+    without touching ``.grad`` and restoring every module's mode afterwards, this callback logs
+    under ``sharpness/``:
 
     - ``lambda_1`` ... ``lambda_<n_eigs>``: the largest *signed* eigenvalues of the probe loss's
       Hessian (Lanczos, ``functional.hessian_eigenvalues``, warm-started from the previous top
@@ -64,8 +49,10 @@ class SharpnessMonitor(pl.Callback):
       ``λ_max(D^{1/2} H D^{1/2}) / threshold`` for the per-parameter step sizes ``D``: 1 is the
       edge of stability. For Adam/AdamW the relevant quantity is the preconditioned sharpness
       ``preconditioned_lambda_1 = λ_max(P^{-1} H)`` against ``(2+2β1)/((1-β1)η)`` (arXiv
-      2207.14484), measured on ``P^{-1/2} H P^{-1/2}`` from the optimiser's state. Other
-      optimisers get no threshold;
+      2207.14484), measured on ``P^{-1/2} H P^{-1/2}`` from the optimiser's state (a parameter
+      Adam never stepped, having had no gradient, has a zero Hessian block and step size 0).
+      Other optimisers get no threshold; at learning rate 0 (a warm-up's first step) ``ratio``
+      is 0 and no threshold is logged;
     - ``trace`` and ``trace_stderr`` (Hutchinson, ``trace_samples`` Rademacher probes);
     - ``hvps``: Hessian-vector products spent in this measurement; ``converged``: 1 when every
       eigenvalue met ``tol``;
@@ -76,7 +63,9 @@ class SharpnessMonitor(pl.Callback):
     or ``probe_size`` training examples drawn with ``seed``). Under DDP each rank holds every
     ``world_size``-th probe example; each Hessian-vector product is all-reduced, so every rank
     runs the same Lanczos iterations, collectives included. The warm-start vectors are in the
-    callback's ``state_dict``, so a resumed run measures exactly as an uninterrupted one.
+    callback's ``state_dict``, so a resumed run measures exactly as an uninterrupted one. When
+    the Hessian-vector products are not finite (a diverged run) the scalars are logged as NaN, a
+    warning names the step, and training goes on.
 
     Args:
         every_n_steps: measure after every this many optimizer steps.
@@ -89,8 +78,12 @@ class SharpnessMonitor(pl.Callback):
         trace_samples: Hutchinson probes for the trace; 0 skips it.
         density_steps: Lanczos steps per vector of the spectral density; 0 skips it.
         density_vectors: random start vectors of the spectral density.
-        method: ``"double_backward"`` or ``"forward_over_reverse"`` (``torch.func``; fails on
-            modules that mutate buffers in the forward pass even in eval mode).
+        method: ``"double_backward"``, ``"forward_over_reverse"`` (``torch.func``; fails on
+            modules that mutate buffers in the forward pass even in eval mode) or ``"auto"``:
+            ``"forward_over_reverse"`` when the module holds ``torch.compile``d submodules
+            (AOTAutograd, behind every compile backend but ``"eager"``, has no double
+            backward), else ``"double_backward"``. ``"double_backward"`` with compiled
+            submodules is refused at ``on_fit_start``.
         keep_graph: reuse the probe's gradient graph across the Hessian-vector products of one
             measurement (``"double_backward"`` only): about half the time per product, for the
             memory of the probe's autograd graph, freed after the measurement.
@@ -100,8 +93,9 @@ class SharpnessMonitor(pl.Callback):
             spike, it converged to the second eigenvalue (4% low). Lanczos certifies an
             eigenpair, not that it is the top one; ``False`` lowers that risk.
         loss_fn: ``loss_fn(forward, batch) -> mean loss`` (``forward`` runs the module), or
-            ``"cross_entropy"`` / ``"square"`` for batches ``(inputs, targets)``. Measure the
-            loss the module trains on: the edge of stability is a property of that loss.
+            ``"cross_entropy"`` / ``"square"`` for batches ``(inputs, targets)`` (per-token
+            targets: the mean over positions). Measure the loss the module trains on: the edge
+            of stability is a property of that loss.
         batch_size: probe examples per forward pass.
         seed: seed of the probe draw and of the random vectors.
     """
@@ -118,10 +112,10 @@ class SharpnessMonitor(pl.Callback):
         trace_samples: int = 0,
         density_steps: int = 0,
         density_vectors: int = 4,
-        method: str = "double_backward",
+        method: str = "auto",
         keep_graph: bool = True,
         warm_start: bool = True,
-        loss_fn: LossFn | str = "cross_entropy",
+        loss_fn: HessianLossFn | str = "cross_entropy",
         batch_size: int = 1024,
         seed: int = 0,
     ) -> None:
@@ -141,20 +135,28 @@ class SharpnessMonitor(pl.Callback):
         if not (isinstance(tol, int | float) and not isinstance(tol, bool) and tol > 0):
             raise ValueError(f"tol must be a positive number; got {tol!r}.")
         check_choice("method", method, HVP_METHODS)
+        for name, flag in (
+            ("smallest", smallest),
+            ("keep_graph", keep_graph),
+            ("warm_start", warm_start),
+        ):
+            check_bool(name, flag)
         if isinstance(loss_fn, str):
             check_choice("loss_fn", loss_fn, NAMED_LOSSES)
-            loss_fn = NAMED_LOSSES[loss_fn]
+            loss_fn = LossOfFirstInput(type(self).__name__, loss_fn)
+        check_callable("loss_fn", loss_fn, "(forward, batch) -> scalar loss", optional=False)
         self.every_n_steps, self.probe_spec, self.probe_size = every_n_steps, probe, probe_size
         self.n_eigs, self.tol, self.max_iter, self.smallest = n_eigs, tol, max_iter, smallest
         self.trace_samples, self.density_steps = trace_samples, density_steps
         self.density_vectors, self.method, self.loss_fn = density_vectors, method, loss_fn
-        self.keep_graph = keep_graph and method == "double_backward"
-        self.warm_start = warm_start
+        self.keep_graph, self.warm_start = keep_graph, warm_start
+        self._method = method  # resolved at on_fit_start
         self.batch_size, self.seed = batch_size, seed
         self._probe: Probe | None = None
         self._warm: dict[str, Tensor] = {}  # previous top eigenvectors, for warm starts
         self._last_step = -1
         self._warned: set[str] = set()
+        self._guard = DivergenceGuard(type(self).__name__)
 
     @property
     def state_key(self) -> str:
@@ -162,6 +164,23 @@ class SharpnessMonitor(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._probe = None  # a new fit may bring new data
+        self._guard.start_fit()
+        compiled = compiled_submodules(pl_module)
+        if compiled and self.method == "double_backward":
+            raise ValueError(
+                f"SharpnessMonitor(method='double_backward') cannot differentiate twice through "
+                f"the torch.compile'd submodule(s) {compiled[:4]}: AOTAutograd, which every "
+                "compile backend but 'eager' uses, has no double backward. Use "
+                "method='forward_over_reverse' (or the default 'auto'), which measures them "
+                "with torch.func."
+            )
+        self._method = self.method
+        if self.method == "auto":
+            self._method = "forward_over_reverse" if compiled else "double_backward"
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Drawn here, where the training loader exists: a probe that cannot work fails at once.
+        self._probe = build_probe(trainer, self.probe_spec, self.probe_size, self.seed)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
@@ -172,15 +191,14 @@ class SharpnessMonitor(pl.Callback):
         self._last_step = step
         if torch.is_inference_mode_enabled():
             raise RuntimeError("SharpnessMonitor cannot differentiate under inference_mode.")
-        if self._probe is None:
-            self._probe = build_probe(trainer, self.probe_spec, self.probe_size, self.seed)
-            if self._probe.size < trainer.world_size:
-                raise ValueError(
-                    f"the probe has {self._probe.size} examples, fewer than the "
-                    f"{trainer.world_size} ranks that share it; use a larger probe."
-                )
-        with torch.enable_grad(), measuring(pl_module):
-            metrics = self._measure(trainer, pl_module)
+        with torch.enable_grad(), probe_pass(pl_module, differentiable=True):
+            try:
+                metrics = self._measure(trainer, pl_module)
+            except FloatingPointError:
+                # Raised by the Lanczos routines on a non-finite product: the products are
+                # all-reduced, so every rank raises at the same product and none is left waiting.
+                self._guard.record(trainer, "non-finite Hessian-vector products")
+                metrics = nan_metrics(self._scalar_keys())
         for key, value in metrics.items():
             pl_module.log(f"sharpness/{key}", value, on_step=True, on_epoch=False)
 
@@ -193,9 +211,15 @@ class SharpnessMonitor(pl.Callback):
             take(probe.batch, torch.arange(start, min(start + self.batch_size, n_local)))
             for start in range(0, n_local, self.batch_size)
         ]
+        keep_graph = self.keep_graph and self._method == "double_backward"
         return HessianOperator(
-            pl_module, self.loss_fn, chunks, method=self.method, keep_graph=self.keep_graph
+            pl_module, self.loss_fn, chunks, method=self._method, keep_graph=keep_graph
         )
+
+    def _scalar_keys(self) -> list[str]:
+        keys = [f"lambda_{i}" for i in range(1, self.n_eigs + 1)] + ["hvps", "converged"]
+        keys += ["lambda_min"] if self.smallest else []
+        return keys + (["trace", "trace_stderr"] if self.trace_samples else [])
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         local = self._operator(trainer, pl_module)
@@ -282,6 +306,9 @@ class SharpnessMonitor(pl.Callback):
             return True, 0
         if scaling.steps is None:
             return True, 0  # Adam before its first step
+        if scaling.uniform_lr == 0.0:
+            metrics["ratio"] = 0.0  # no step at all: stable, and 2/η is infinite
+            return True, 0
         if scaling.uniform_lr is not None and not scaling.preconditioned:
             # One step size: λ_max(D^{1/2} H D^{1/2}) = η λ_1, no extra solve needed.
             lam = metrics["lambda_1"]
@@ -310,11 +337,12 @@ class SharpnessMonitor(pl.Callback):
     # --- checkpoints ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self._last_step, "warm": dict(self._warm)}
+        return {"last_step": self._last_step, "warm": dict(self._warm), **self._guard.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = state_dict["last_step"]
         self._warm = dict(state_dict["warm"])
+        self._guard.load_state_dict(state_dict)
 
 
 def _space(local: HessianOperator) -> dict[str, Any]:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn._checks import check_callable, check_choice, check_positive_int
+from lightning_dyn.callbacks._adapters import (
+    LOGITS_FN_SIGNATURE,
+    ForwardFirstInput,
+    LogitsFn,
+    per_position,
+)
+from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
 from lightning_dyn.callbacks._intervals import due_at_step
-from lightning_dyn.callbacks._probe import build_probe
+from lightning_dyn.callbacks._measurement import probe_pass
+from lightning_dyn.callbacks._probe import Probe, build_probe
 from lightning_dyn.functional.classification_losses import classification_loss
 from lightning_dyn.functional.perp_grad import nlm_cosines
 from lightning_dyn.functional.softmax_collapse import (
@@ -21,22 +29,18 @@ from lightning_dyn.functional.softmax_collapse import (
 )
 from lightning_dyn.functional.stablemax import stablemax_scores
 
-LogitsFn = Callable[[pl.LightningModule, Any], tuple[Tensor, Tensor]]
-
-
-def forward_first_input(pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor, Tensor]:
-    """Default ``logits_fn``: a batch ``(inputs, targets)`` and ``pl_module(inputs) -> logits``."""
-    inputs, targets = batch[0], batch[1]
-    return pl_module(inputs), targets
-
 
 class SoftmaxCollapseMonitor(pl.Callback):
     """Logs how close training is to Softmax Collapse (SC), arXiv 2501.04697 Sec. 3-4.
 
     Runs in ``on_train_batch_end`` every ``every_n_steps`` optimizer steps, on a fixed probe: the
-    first ``probe_size`` examples of the training set by index (each DDP rank takes every
-    ``world_size``-th of them and the counts are summed over ranks), in eval mode without
-    changing any ``.grad``; train mode is restored afterwards. Logs, under ``softmax_collapse/``:
+    first ``probe_size`` examples of the training set by index, drawn at ``on_train_start`` and
+    converted to the training precision. Each DDP rank takes every ``world_size``-th of them;
+    counts and the probe loss's gradient are summed over ranks, so the metrics are those of the
+    whole probe, each example counted once. The pass runs in eval mode without changing any
+    ``.grad``, and every submodule gets its own mode back afterwards. Per-token targets
+    (language models: logits ``(N, T, K)``, targets ``(N, T)``) count each position, leaving out
+    targets of -100. Logs, under ``softmax_collapse/``:
 
     - ``sc_fraction``: fraction of probe examples whose ``sum_k exp(z_k - max z) == 1`` exactly in
       ``dtype`` (paper Def. 3): their correct-class gradient is exactly zero. For
@@ -48,6 +52,8 @@ class SoftmaxCollapseMonitor(pl.Callback):
       and the NLM alignment cos(W, -∇L) of the probe loss (paper Fig. 5).
 
     The probe is rebuilt from the dataset after a resume, so the logged numbers continue exactly.
+    When the probe's logits or gradient are not finite (a diverged run) the scalars are logged as
+    NaN, a warning names the step, and training goes on.
 
     Args:
         every_n_steps: measure after every this many optimizer steps.
@@ -59,7 +65,8 @@ class SoftmaxCollapseMonitor(pl.Callback):
         loss: ``"softmax"`` or ``"stablemax"``: the loss whose zero values and gradient are
             measured (StableMax losses are computed in float64 unless ``dtype`` says otherwise).
         logits_fn: ``(pl_module, batch) -> (logits, targets)`` for modules whose batches are not
-            ``(inputs, targets)`` with ``pl_module(inputs)`` returning logits.
+            ``(inputs, targets)`` with ``pl_module(inputs)`` returning logits, e.g.
+            ``lambda module, batch: (module(batch["x"]), batch["y"])`` for dict batches.
     """
 
     def __init__(
@@ -79,15 +86,22 @@ class SoftmaxCollapseMonitor(pl.Callback):
             raise ValueError(
                 f"dtype must be a floating torch dtype (or its name) or None; got {dtype!r}."
             )
+        check_callable("logits_fn", logits_fn, LOGITS_FN_SIGNATURE)
         self.every_n_steps, self.probe_size = every_n_steps, probe_size
         self.dtype, self.loss = dtype, loss
-        self.logits_fn = logits_fn or forward_first_input
-        self._probe: Any = None
+        self.logits_fn = logits_fn or ForwardFirstInput(type(self).__name__)
+        self._probe: Probe | None = None
         self._last_step = -1
+        self._guard = DivergenceGuard(type(self).__name__)
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(every_n_steps=self.every_n_steps, loss=self.loss)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Drawn here, where the training loader exists: a probe that cannot work fails at once.
+        self._probe = build_probe(trainer, None, self.probe_size, 0, first=True)
+        self._guard.start_fit()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
@@ -96,24 +110,23 @@ class SoftmaxCollapseMonitor(pl.Callback):
         if not due_at_step(step, self._last_step, self.every_n_steps):
             return  # a micro-batch of an accumulating step, or not a measuring step
         self._last_step = step
-        if self._probe is None:
-            self._probe = build_probe(trainer, None, self.probe_size, 0, first=True).batch
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
+        with probe_pass(pl_module):
             metrics = self._measure(trainer, pl_module)
-        finally:
-            pl_module.train(was_training)
         for key, value in metrics.items():
             pl_module.log(f"softmax_collapse/{key}", value, on_step=True, on_epoch=False)
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         weights = [(k, p) for k, p in pl_module.named_parameters() if p.requires_grad]
         weights = [(k, p) for k, p in weights if p.ndim >= 2]
+        owner = type(self).__name__
         with torch.enable_grad():
-            logits, targets = self.logits_fn(pl_module, self._probe)
+            logits, targets = self.logits_fn(pl_module, self._probe.batch)
+            logits, targets = per_position(logits, targets, owner)
             loss_fn = classification_loss(self.loss)
-            loss = loss_fn(logits.to(self.dtype) if self.dtype else logits, targets)
+            # The sum: each rank's share adds up to the whole probe's gradient (cosines do not
+            # see the scale).
+            scores = logits.to(self.dtype) if self.dtype else logits
+            loss = loss_fn(scores, targets, reduction="sum")
             grads = torch.autograd.grad(loss, [p for _, p in weights], allow_unused=True)
         logits = logits.detach()
         # The normaliser the loss exponentiates: the logits, or StableMax's log s(z).
@@ -130,13 +143,27 @@ class SoftmaxCollapseMonitor(pl.Callback):
             ]
         )
         sums = trainer.strategy.reduce(sums, reduce_op="sum")
-        max_logit = trainer.strategy.reduce(logits.max().float(), reduce_op="max")
+        local_max = logits.max().float() if logits.numel() else logits.new_tensor(-math.inf).float()
+        max_logit = trainer.strategy.reduce(local_max, reduce_op="max")
+        measured = [(k, p, g) for (k, p), g in zip(weights, grads, strict=True) if g is not None]
+        if trainer.world_size > 1 and measured:
+            flat = torch.cat([g.reshape(-1).float() for _, _, g in measured])
+            flat = trainer.strategy.reduce(flat, reduce_op="sum")
+            pieces = flat.split([g.numel() for _, _, g in measured])
+            measured = [
+                (k, p, x.view_as(g).to(g.dtype))
+                for (k, p, g), x in zip(measured, pieces, strict=True)
+            ]
+        grad_norm = (
+            torch.stack([g.float().norm() for _, _, g in measured]).sum() if measured else 0.0
+        )
+        if not self._guard.all_finite(trainer, [sums, max_logit, grad_norm], synced=True):
+            return nan_metrics(("sc_fraction", "zero_loss_fraction", "max_logit"))
         metrics = {
             "sc_fraction": float(sums[0] / sums[2]),
             "zero_loss_fraction": float(sums[1] / sums[2]),
             "max_logit": float(max_logit),
         }
-        measured = [(k, p, g) for (k, p), g in zip(weights, grads, strict=True) if g is not None]
         cosines = nlm_cosines([_with_grad(p, g) for _, p, g in measured]).tolist()
         for (name, p, _), cosine in zip(measured, cosines, strict=True):
             metrics[f"weight_norm/{name}"] = float(p.detach().float().norm())
@@ -144,10 +171,11 @@ class SoftmaxCollapseMonitor(pl.Callback):
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self._last_step}
+        return {"last_step": self._last_step, **self._guard.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = state_dict["last_step"]
+        self._guard.load_state_dict(state_dict)
 
 
 def _with_grad(param: Tensor, grad: Tensor) -> Tensor:

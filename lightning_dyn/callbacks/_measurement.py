@@ -1,0 +1,57 @@
+"""How a monitor runs its own passes over probe data: as training runs them, and changing nothing.
+
+Three rules every monitor follows (Lightning facts of a callback that runs forward passes):
+
+- **The training's precision.** Under ``precision="64-true"`` or ``"bf16-true"`` the parameters
+  are float64 / bfloat16, so probe inputs must be converted as Lightning converts a training
+  batch: :func:`training_batch` applies the precision plugin's ``convert_input``, the module's
+  ``on_before_batch_transfer`` hook and the strategy's ``batch_to_device`` (which runs
+  ``transfer_batch_to_device`` and ``on_after_batch_transfer``), in Lightning's order.
+- **Every module's own mode.** :func:`probe_pass` puts the model in eval mode and gives each
+  submodule back its own ``training`` flag afterwards (``functional.measuring``), not the root's:
+  a submodule the user froze in eval mode (a BatchNorm backbone) stays frozen.
+- **Differentiable attention.** With ``differentiable=True`` (second derivatives, forward-mode
+  AD), ``scaled_dot_product_attention`` is restricted to its math kernel: the fused CPU/GPU
+  kernels that ``nn.MultiheadAttention`` and ``nn.Transformer`` pick have no double backward and
+  no forward-mode AD.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from lightning_dyn.functional.hvp import measuring
+
+
+def training_batch(trainer: pl.Trainer, batch: Any) -> Any:
+    """``batch`` converted and moved as Lightning does a training batch (see module docstring)."""
+    batch = trainer.precision_plugin.convert_input(batch)
+    module = trainer.lightning_module
+    if module is not None:
+        batch = module.on_before_batch_transfer(batch, 0)
+    return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+
+
+@contextlib.contextmanager
+def probe_pass(model: nn.Module, differentiable: bool = False) -> Iterator[nn.Module]:
+    """Eval mode for a monitor's pass, each submodule's own mode restored after (see above)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(measuring(model))
+        if differentiable:
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        yield model
+
+
+def compiled_submodules(model: nn.Module) -> list[str]:
+    """Names of the submodules wrapped by ``torch.compile`` (``OptimizedModule``), root included."""
+    return [
+        name or "<root>"
+        for name, module in model.named_modules()
+        if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod")
+    ]
