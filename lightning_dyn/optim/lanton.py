@@ -17,7 +17,7 @@ rule invariant to the gradient scale), with ``power = 1/2`` by default. ``adapti
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import chain
 from typing import Any
 
@@ -34,6 +34,8 @@ from lightning_dyn.functional.lmo import (
 )
 
 LMOS = ("spectral", "sign", "adamw")
+NOISE_RULE_KEYS = ("adaptive", "noise_alpha", "power", "exact_dual_norm")
+"""Keys every param group of one noise group must share: they say how its layers are compared."""
 
 
 def _state_dtype(p: Tensor) -> torch.dtype:
@@ -41,17 +43,30 @@ def _state_dtype(p: Tensor) -> torch.dtype:
     return torch.promote_types(p.dtype, torch.float32)
 
 
+def _ns_settings(group: Mapping[str, Any]) -> dict[str, Any]:
+    """The Newton-Schulz keyword arguments of a group, for its LMO and its noise estimate alike."""
+    return {
+        "steps": group["ns_steps"],
+        "coefficients": group["ns_coefficients"],
+        "eps": group["eps"],
+        "dtype": group["ns_dtype"],
+    }
+
+
 class LANTON(torch.optim.Optimizer):
     """One optimizer for a whole model; each param group names its LMO.
 
-    Param-group keys (all have defaults, so ``LANTON(model.parameters())`` treats every tensor as
-    a spectral matrix; use :func:`lightning_dyn.optim.param_groups` to split a real model):
+    Every argument below but ``params`` is also a param-group key, with the argument as its
+    default, saved and restored with the groups by ``state_dict()`` (so ``LANTON(model
+    .parameters())`` treats every tensor as a spectral matrix; use
+    :func:`lightning_dyn.optim.param_groups` to split a real model). Two more keys:
 
     - ``lmo``: ``"spectral"`` (Newton-Schulz polar factor, hidden matrices), ``"sign"`` (Signum,
       embeddings and heads), ``"adamw"`` (vectors, first conv; no noise adaptation).
-    - ``noise_group``: layers whose noise is compared with each other (default: the ``lmo``).
-    - ``lr``, ``weight_decay`` (decoupled, ``X ← X (1 - lr wd)``), ``momentum`` (β1),
-      ``nesterov``, ``betas``/``eps`` (AdamW groups).
+    - ``noise_group``: name of the layers whose noise is compared with each other (default: the
+      ``lmo``). It may span several param groups; they must then agree on ``adaptive``,
+      ``noise_alpha``, ``power`` and ``exact_dual_norm`` (the rule and the norm the layers are
+      compared by: a layer cannot be ranked by two rules). The other keys may differ.
 
     The layerwise factor is applied inside :meth:`step` and never written into ``group["lr"]``,
     so LR schedulers and ``LearningRateMonitor`` stay correct; :meth:`effective_lrs` gives the
@@ -61,17 +76,17 @@ class LANTON(torch.optim.Optimizer):
     reaches ``step``, so it does not update the noise either.
 
     Args:
-        params: tensors, or param-group dicts with the keys above (``param_names`` allowed).
+        params: tensors, or param-group dicts with the keys above.
         lr: base learning rate.
         momentum: β1 of the momentum buffer.
         nesterov: use ``G + β1 (B - G)`` (as torch's Muon) instead of ``B`` as the LMO input.
-        weight_decay: decoupled weight decay.
+        weight_decay: decoupled weight decay, ``X ← X (1 - lr wd)``.
         adaptive: ``False`` turns the noise adaptation off (plain geometry-aware optimizer).
         noise_beta: β2 of the noise EMA.
         noise_alpha: relative floor of the noise, ``alpha · max_group H``.
         power: exponent of the factor; ``f = (a_ℓ / max a)^power`` with ``a = d^(-1/2)``.
         exact_dual_norm: nuclear norm by ``svdvals`` (exact, costly) instead of the cheap
-            Newton-Schulz estimate ``<D, NS(D)>``.
+            Newton-Schulz estimate ``<D, NS(D)>`` (with the group's Newton-Schulz settings).
         noise_every: measure the noise every this many steps (with ``G_{t-1}`` the gradient of
             the step before), each measurement one EMA update. The estimate costs about one more
             Newton-Schulz per matrix, i.e. doubles a Muon step; 4 brings it to ~1.25x.
@@ -79,6 +94,11 @@ class LANTON(torch.optim.Optimizer):
         spectral_scale: ``"rms_to_rms"`` (sqrt(d_out/d_in), Scion/LANTON), ``"muon"``
             (sqrt(max(1, d_out/d_in)), torch.optim.Muon's default) or ``"none"``.
         betas, adam_eps: AdamW settings of ``"adamw"`` groups.
+        lmo: the LMO of groups that do not name one.
+
+    Raises:
+        ValueError: for an argument out of range, a vector in a spectral group, or param
+            groups of one noise group with different rules.
     """
 
     def __init__(
@@ -121,14 +141,33 @@ class LANTON(torch.optim.Optimizer):
             "momentum": momentum,
             "nesterov": nesterov,
             "weight_decay": weight_decay,
-            "lmo": lmo,
-            "noise_group": None,
+            "adaptive": adaptive,
+            "noise_beta": noise_beta,
+            "noise_alpha": noise_alpha,
+            "power": power,
+            "exact_dual_norm": exact_dual_norm,
+            "noise_every": noise_every,
+            "ns_steps": ns_steps,
+            "ns_coefficients": ns_coefficients,
+            "ns_dtype": ns_dtype,
+            "eps": eps,
+            "spectral_scale": spectral_scale,
             "betas": betas,
             "adam_eps": adam_eps,
-            "steps_taken": 0,
+            "lmo": lmo,
+            "noise_group": None,
         }
         super().__init__(params, defaults)
-        for group in self.param_groups:
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (the constructor adds each of its own through here), checked.
+
+        A group that fails a check is taken out again: it must not be stepped unchecked.
+        """
+        super().add_param_group(param_group)
+        index = len(self.param_groups) - 1
+        group = self.param_groups[index]
+        try:
             check_choice("param group 'lmo'", group["lmo"], LMOS)
             if group["noise_group"] is None:
                 group["noise_group"] = group["lmo"]
@@ -136,14 +175,17 @@ class LANTON(torch.optim.Optimizer):
                 for p in group["params"]:
                     if p.ndim < 2:
                         raise ValueError(
-                            f"a 'spectral' param group holds a tensor of shape {tuple(p.shape)}; "
-                            "spectral LMOs need matrices (or conv kernels): put vectors in an "
-                            "'adamw' group (see lightning_dyn.optim.param_groups)."
+                            f"a 'spectral' param group holds a tensor of shape "
+                            f"{tuple(p.shape)}; spectral LMOs need matrices (or conv kernels): "
+                            "put vectors in an 'adamw' group (see "
+                            "lightning_dyn.optim.param_groups)."
                         )
-        self.adaptive, self.noise_beta, self.noise_alpha = adaptive, noise_beta, noise_alpha
-        self.power, self.exact_dual_norm, self.noise_every = power, exact_dual_norm, noise_every
-        self.ns = {"steps": ns_steps, "coefficients": ns_coefficients, "eps": eps}
-        self.ns_dtype, self.spectral_scale = ns_dtype, spectral_scale
+            self._noise_groups()
+        except ValueError:
+            self.param_groups.pop()
+            raise
+        # A Python counter in the group (saved with it): no host sync to read a step tensor.
+        group["steps_taken"] = 0
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load groups and state as torch does, but keep the state in LANTON's dtype.
@@ -153,9 +195,14 @@ class LANTON(torch.optim.Optimizer):
         uninterrupted one), and a float64 model's would no longer match the float64 gradients
         of the next step. So every tensor is restored again from ``state_dict`` itself, in the
         dtype this optimizer keeps for the parameter: the saved dtype when the parameter's
-        precision is unchanged.
+        precision is unchanged. Groups saved before the hyperparameters were group keys get
+        this optimizer's, which is what they trained with.
         """
+        built = [dict(group) for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, before in zip(self.param_groups, built, strict=True):
+            for key, value in before.items():
+                group.setdefault(key, value)
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for param_id, p in zip(saved_ids, params, strict=True):
@@ -166,19 +213,31 @@ class LANTON(torch.optim.Optimizer):
 
     # -- the three phases of a step -------------------------------------------------------------
 
-    def _dual_norm(self, lmo: str, d: Tensor) -> Tensor:
-        if lmo == "sign":
-            return l1_norm(d)
-        return spectral_dual_norm(d, exact=self.exact_dual_norm)
+    def _noise_groups(self) -> dict[str, list[dict[str, Any]]]:
+        """The spectral and sign param groups by noise group, checked to have one rule each."""
+        members: dict[str, list[dict[str, Any]]] = {}
+        for group in self.param_groups:
+            if group["lmo"] != "adamw":
+                members.setdefault(group["noise_group"], []).append(group)
+        for name, groups in members.items():
+            for key in NOISE_RULE_KEYS:
+                values = list(dict.fromkeys(g[key] for g in groups))
+                if len(values) > 1:
+                    found = " and ".join(f"{key}={v!r}" for v in values)
+                    raise ValueError(
+                        f"the param groups of noise group {name!r} have {found}: layers compared "
+                        f"with each other need one {key}; give them the same value or different "
+                        "noise_group names."
+                    )
+        return members
 
     def _update_noise(self) -> None:
         """H ← β2 H + (1 - β2) ||G_t - G_{t-1}||², on the raw gradient, before any momentum."""
         for group in self.param_groups:
-            if group["lmo"] == "adamw":
+            if group["lmo"] == "adamw" or not group["adaptive"]:
                 continue
-            # A Python counter in the group (saved with it): no host sync to read a step tensor.
-            taken = group["steps_taken"]
-            measure, keep = taken % self.noise_every == 0, (taken + 1) % self.noise_every == 0
+            taken, every, beta = group["steps_taken"], group["noise_every"], group["noise_beta"]
+            measure, keep = taken % every == 0, (taken + 1) % every == 0
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -187,8 +246,14 @@ class LANTON(torch.optim.Optimizer):
                     state["noise"] = torch.zeros((), dtype=_state_dtype(p), device=p.device)
                 grad = p.grad.detach().to(_state_dtype(p))
                 if measure and "prev_grad" in state:
-                    norm = self._dual_norm(group["lmo"], grad - state["prev_grad"])
-                    state["noise"].mul_(self.noise_beta).add_((1 - self.noise_beta) * norm**2)
+                    d = grad - state["prev_grad"]
+                    if group["lmo"] == "sign":
+                        norm = l1_norm(d)
+                    else:
+                        norm = spectral_dual_norm(
+                            d, exact=group["exact_dual_norm"], **_ns_settings(group)
+                        )
+                    state["noise"].mul_(beta).add_((1 - beta) * norm**2)
                 if keep:
                     if "prev_grad" in state:
                         state["prev_grad"].copy_(grad)
@@ -197,23 +262,20 @@ class LANTON(torch.optim.Optimizer):
 
     def _layer_factors(self) -> None:
         """``state["lr_factor"]`` of every tensor, relative within its noise group."""
-        members: dict[str, list[Tensor]] = {}
-        for group in self.param_groups:
-            if group["lmo"] == "adamw":
+        for groups in self._noise_groups().values():
+            rule = groups[0]  # one rule per noise group, checked above
+            params = [p for g in groups for p in g["params"] if p.grad is not None]
+            if not params:
                 continue
-            for p in group["params"]:
-                if p.grad is not None:
-                    members.setdefault(group["noise_group"], []).append(p)
-        for params in members.values():
-            if not self.adaptive:
+            if not rule["adaptive"]:
                 for p in params:
                     self.state[p]["lr_factor"] = torch.ones(
                         (), dtype=_state_dtype(p), device=p.device
                     )
                 continue
             noise = torch.stack([self.state[p]["noise"] for p in params])
-            d = noise + self.noise_alpha * noise.max() + 1e-30
-            factors = (d.min() / d) ** (self.power / 2)  # (a_ℓ / max a)^power, a = d^-1/2
+            d = noise + rule["noise_alpha"] * noise.max() + 1e-30
+            factors = (d.min() / d) ** (rule["power"] / 2)  # (a_ℓ / max a)^power, a = d^-1/2
             for p, factor in zip(params, factors.unbind(), strict=True):
                 self.state[p]["lr_factor"] = factor.to(_state_dtype(p))
 
@@ -232,14 +294,11 @@ class LANTON(torch.optim.Optimizer):
                 direction = sign_lmo(update)
             else:
                 direction = spectral_lmo(
-                    update, dtype=self.ns_dtype, scale=self.spectral_scale, **self._ns_kwargs()
+                    update, scale=group["spectral_scale"], **_ns_settings(group)
                 )
             lr = group["lr"] * state["lr_factor"]
             p.mul_(1 - group["lr"] * group["weight_decay"])
             p.sub_(direction.to(p.dtype) * lr)
-
-    def _ns_kwargs(self) -> dict[str, Any]:
-        return {k: self.ns[k] for k in ("steps", "coefficients", "eps")}
 
     def _adamw_update(self, group: dict[str, Any]) -> None:
         beta1, beta2 = group["betas"]
@@ -266,8 +325,7 @@ class LANTON(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self.adaptive:
-            self._update_noise()
+        self._update_noise()
         self._layer_factors()
         for group in self.param_groups:
             if group["lmo"] == "adamw":

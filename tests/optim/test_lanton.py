@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+from lightning_dyn.functional.lmo import spectral_dual_norm
 from lightning_dyn.optim import LANTON, param_groups
 
 
@@ -37,6 +39,15 @@ def _set_grads(params, step: int, noise_scales=(1.0, 1.0)) -> None:
     for p, scale in zip(params, noise_scales, strict=True):
         signal = torch.full(p.shape, 0.1)
         p.grad = (signal + scale * torch.randn(p.shape, generator=gen)).to(p.dtype)
+
+
+def _trajectory(optimizer: LANTON, steps: int = 8) -> list[torch.Tensor]:
+    """Step ``optimizer`` on its two matrices with unequally noisy gradients; the final weights."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for step in range(steps):
+        _set_grads(params, step, noise_scales=(1.0, 3.0))
+        optimizer.step()
+    return [p.detach().clone() for p in params]
 
 
 def test_not_adaptive_matches_torch_muon() -> None:
@@ -110,7 +121,8 @@ def test_state_dict_round_trip_is_exact(dtype: torch.dtype, noise_every: int) ->
     with torch.no_grad():
         for c, p in zip(clone, params, strict=True):
             c.copy_(p)
-    restored = LANTON(fresh, lr=0.01, noise_every=noise_every)
+    # Built with other hyperparameters: the loaded groups bring the saved ones.
+    restored = LANTON(fresh, lr=0.5, noise_every=7)
     restored.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     for step in range(10, 20):
         _set_grads(params, step, scales)
@@ -171,6 +183,89 @@ def test_a_float32_state_loads_into_float64_parameters() -> None:
     assert {v.dtype for p in doubles for v in restored.state[p].values()} == {torch.float64}
     _set_grads(doubles, 3)
     restored.step()
+
+
+HYPERPARAMETERS = {
+    "adaptive": False,
+    "noise_beta": 0.5,
+    "noise_alpha": 0.5,
+    "power": 2.0,
+    "exact_dual_norm": True,
+    "noise_every": 2,
+    "ns_steps": 3,
+    "ns_coefficients": "cubic",
+    "ns_dtype": torch.float32,
+    "eps": 10.0,
+    "spectral_scale": "muon",
+}
+
+
+def test_a_checkpoint_saved_before_the_group_hyperparameters_resumes() -> None:
+    """Groups saved without the keys (they were optimizer attributes) get the constructor's."""
+    params = _matrices()
+    optimizer = LANTON(params, lr=0.01, power=1.0, noise_every=2)
+    _trajectory(optimizer, steps=5)
+    saved = copy.deepcopy(optimizer.state_dict())
+    for group in saved["param_groups"]:
+        for key in HYPERPARAMETERS:
+            del group[key]
+    clone = [nn.Parameter(p.detach().clone()) for p in params]
+    restored = LANTON(clone, lr=0.01, power=1.0, noise_every=2)
+    restored.load_state_dict(saved)
+    for a, b in zip(_trajectory(optimizer), _trajectory(restored), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("key", "value"), HYPERPARAMETERS.items())
+def test_every_hyperparameter_is_a_param_group_key(key: str, value: Any) -> None:
+    """A group value acts as the constructor argument does, and is in the saved groups."""
+    by_argument = LANTON(_matrices(), lr=0.01, **{key: value})
+    by_group = LANTON([{"params": _matrices(), key: value}], lr=0.01)
+    assert by_argument.state_dict()["param_groups"][0][key] == value
+    expected = _trajectory(by_argument)
+    default = _trajectory(LANTON(_matrices(), lr=0.01))
+    assert not all(torch.equal(a, b) for a, b in zip(expected, default, strict=True))
+    for a, b in zip(_trajectory(by_group), expected, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_noise_group_needs_one_rule_and_other_groups_may_differ() -> None:
+    a, b = _matrices()
+    with pytest.raises(ValueError, match=r"noise group 'spectral'.*power=0.5.*power=1.0"):
+        LANTON([{"params": [a]}, {"params": [b], "power": 1.0}])
+    optimizer = LANTON([{"params": [a]}])
+    with pytest.raises(ValueError, match=r"noise group 'spectral'.*adaptive=True.*adaptive=False"):
+        optimizer.add_param_group({"params": [b], "adaptive": False})
+    assert len(optimizer.param_groups) == 1  # the refused group was not added
+    optimizer.add_param_group({"params": [b], "adaptive": False, "noise_group": "quiet"})
+    _trajectory(optimizer, steps=3)
+    assert set(optimizer.noise_estimates()) == {"group0.0"}  # group 1 is not adapted
+    assert optimizer.effective_lrs()["group1.0"] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"ns_steps": 10}, {"ns_dtype": torch.float32}, {"ns_coefficients": "cubic"}, {"eps": 100.0}],
+)
+def test_the_noise_estimate_uses_the_group_newton_schulz_settings(settings: dict) -> None:
+    params = _matrices()
+    beta = 0.9
+    optimizer = LANTON(params, lr=0.01, exact_dual_norm=False, noise_beta=beta, **settings)
+    grads = []
+    for step in range(4):
+        _set_grads(params, step, noise_scales=(1.0, 3.0))
+        grads.append([p.grad.clone() for p in params])
+        optimizer.step()
+    names = {"ns_steps": "steps", "ns_dtype": "dtype", "ns_coefficients": "coefficients"}
+    ns = {names.get(k, k): v for k, v in settings.items()}
+    for i, noise in enumerate(optimizer.noise_estimates().values()):
+        expected, default = torch.zeros(()), torch.zeros(())
+        for before, after in itertools.pairwise(grads):
+            d = after[i] - before[i]
+            expected.mul_(beta).add_((1 - beta) * spectral_dual_norm(d, exact=False, **ns) ** 2)
+            default.mul_(beta).add_((1 - beta) * spectral_dual_norm(d, exact=False) ** 2)
+        assert torch.equal(noise, expected)
+        assert not torch.equal(expected, default)  # the setting matters here
 
 
 def test_scheduler_changes_group_lr_and_the_factor_is_not_written_back() -> None:
@@ -285,10 +380,10 @@ def test_factory_groups_the_module_and_muon_mode_sends_embeddings_to_adamw() -> 
         "sign": 0.002,
         "adamw": 0.003,
     }
-    assert lanton.adaptive
+    assert all(g["adaptive"] for g in lanton.param_groups)
     muon = LayerwiseOptimizerFactory(adaptive=False, embeddings_as="adamw", adamw_lr=0.003)(_Net())
     assert [g["lmo"] for g in muon.param_groups] == ["spectral", "adamw", "adamw"]
-    assert not muon.adaptive
+    assert not any(g["adaptive"] for g in muon.param_groups)
     with pytest.raises(ValueError, match=r"embeddings_as='sgd'.*'sign', 'adamw'"):
         LayerwiseOptimizerFactory(embeddings_as="sgd")
 
