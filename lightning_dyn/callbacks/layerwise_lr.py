@@ -7,7 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_dyn._checks import check_positive_int
+from lightning_dyn._checks import check_bool, check_positive_int
 from lightning_dyn.callbacks._intervals import due_at_step, warn_unless_multiple
 from lightning_dyn.loggers import log_figure
 
@@ -34,6 +34,7 @@ class LayerwiseLRMonitor(pl.Callback):
     def __init__(self, every_n_steps: int = 10, heatmap: bool = True, max_history: int = 512):
         check_positive_int("every_n_steps", every_n_steps)
         check_positive_int("max_history", max_history, minimum=2)
+        check_bool("heatmap", heatmap)
         self.every_n_steps, self.heatmap, self.max_history = every_n_steps, heatmap, max_history
         self.steps: list[int] = []
         self.names: list[str] = []

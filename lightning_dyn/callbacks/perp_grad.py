@@ -10,7 +10,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn._checks import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_positive_int,
+    check_real,
+)
 from lightning_dyn.callbacks._intervals import warn_unless_multiple
 from lightning_dyn.functional.perp_grad import (
     DEFAULT_EPS,
@@ -60,11 +66,12 @@ class PerpGrad(pl.Callback):
         eps: float = DEFAULT_EPS,
     ) -> None:
         check_choice("mode", mode, PERP_GRAD_MODES)
+        check_bool("rescale", rescale)
+        check_callable("param_filter", param_filter, "(name, parameter) -> bool")
         if log_every_n_steps is not None:
             check_positive_int("log_every_n_steps", log_every_n_steps)
-        if not eps >= 0:
-            raise ValueError(f"eps must be a number >= 0; got {eps!r}.")
-        self.mode, self.rescale, self.eps = mode, bool(rescale), eps
+        check_real("eps", eps)
+        self.mode, self.rescale, self.eps = mode, rescale, eps
         self.param_filter = param_filter
         self.log_every_n_steps = log_every_n_steps
         self._names: dict[int, str] = {}

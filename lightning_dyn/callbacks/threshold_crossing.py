@@ -29,7 +29,15 @@ class ThresholdCrossing(pl.Callback):
 
     def __init__(self, monitor: str = "test/acc", threshold: float = 0.99, mode: str = "max"):
         check_choice("mode", mode, ("max", "min"))
-        if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(
+                f"monitor must be the non-empty key of a logged metric; got {monitor!r}."
+            )
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not math.isfinite(threshold)
+        ):
             raise ValueError(f"threshold must be a finite number; got {threshold!r}.")
         self.monitor, self.threshold, self.mode = monitor, float(threshold), mode
         self.crossed_at_step: int | None = None
