@@ -24,9 +24,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn._checks import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_positive_int,
+    check_real,
+)
 from lightning_dyn.functional.lmo import (
+    NS_COEFFICIENTS,
     SPECTRAL_SCALES,
+    _resolve_coefficients,
     l1_norm,
     sign_lmo,
     spectral_dual_norm,
@@ -34,6 +42,8 @@ from lightning_dyn.functional.lmo import (
 )
 
 LMOS = ("spectral", "sign", "adamw")
+BOOKKEEPING_KEYS = ("params", "param_names", "name")
+"""Group keys besides the hyperparameters; ``LearningRateMonitor`` labels a group by ``name``."""
 NOISE_RULE_KEYS = ("adaptive", "noise_alpha", "power", "exact_dual_norm")
 """Keys every param group of one noise group must share: they say how its layers are compared."""
 
@@ -41,6 +51,46 @@ NOISE_RULE_KEYS = ("adaptive", "noise_alpha", "power", "exact_dual_norm")
 def _state_dtype(p: Tensor) -> torch.dtype:
     """float32, or float64 for float64 parameters: 16-bit statistics would lose small updates."""
     return torch.promote_types(p.dtype, torch.float32)
+
+
+def _check_hyperparameters(values: Mapping[str, Any], where: str = "") -> None:
+    """Raise ``ValueError`` naming the first out-of-range value; ``where`` prefixes each name."""
+    for key in ("lr", "weight_decay", "noise_alpha", "power"):
+        check_real(where + key, values[key])
+    for key in ("eps", "adam_eps"):
+        check_real(where + key, values[key], strictly_positive=True)
+    for key in ("momentum", "noise_beta"):
+        check_fraction(where + key, values[key], open_high=True)
+    for key in ("ns_steps", "noise_every"):
+        check_positive_int(where + key, values[key])
+    for key in ("nesterov", "adaptive", "exact_dual_norm"):
+        check_bool(where + key, values[key])
+    check_choice(where + "lmo", values["lmo"], LMOS)
+    check_choice(where + "spectral_scale", values["spectral_scale"], SPECTRAL_SCALES)
+    betas = values["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{where}betas must be a pair (beta1, beta2); got {betas!r}.")
+    for i, beta in enumerate(betas):
+        check_fraction(f"{where}betas[{i}]", beta, open_high=True)
+    dtype = values["ns_dtype"]
+    if not (dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point)):
+        raise ValueError(
+            f"{where}ns_dtype must be a floating torch dtype (e.g. torch.bfloat16) or None; "
+            f"got {dtype!r}."
+        )
+    try:
+        _resolve_coefficients(values["ns_coefficients"])
+    except (TypeError, ValueError):
+        presets = ", ".join(map(repr, NS_COEFFICIENTS))
+        raise ValueError(
+            f"{where}ns_coefficients must be a preset name ({presets}) or a tuple (a, b, c) of "
+            f"3 numbers; got {values['ns_coefficients']!r}."
+        ) from None
+    if not (values["noise_group"] is None or isinstance(values["noise_group"], str)):
+        raise ValueError(
+            f"{where}noise_group must be a name (str) or None (the group's lmo); "
+            f"got {values['noise_group']!r}."
+        )
 
 
 def _ns_settings(group: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,6 +117,11 @@ class LANTON(torch.optim.Optimizer):
       ``lmo``). It may span several param groups; they must then agree on ``adaptive``,
       ``noise_alpha``, ``power`` and ``exact_dual_norm`` (the rule and the norm the layers are
       compared by: a layer cannot be ranked by two rules). The other keys may differ.
+
+    Besides those, only ``params``, ``param_names`` and ``name`` (Lightning's
+    ``LearningRateMonitor`` labels groups by it) are accepted: a misspelt key would otherwise
+    train silently at the default. Keys and values are checked by the constructor and
+    :meth:`add_param_group`.
 
     The layerwise factor is applied inside :meth:`step` and never written into ``group["lr"]``,
     so LR schedulers and ``LearningRateMonitor`` stay correct; :meth:`effective_lrs` gives the
@@ -97,8 +152,8 @@ class LANTON(torch.optim.Optimizer):
         lmo: the LMO of groups that do not name one.
 
     Raises:
-        ValueError: for an argument out of range, a vector in a spectral group, or param
-            groups of one noise group with different rules.
+        ValueError: for an unknown group key or a value out of range (naming both), a vector
+            in a spectral group, or param groups of one noise group with different rules.
     """
 
     def __init__(
@@ -123,19 +178,6 @@ class LANTON(torch.optim.Optimizer):
         adam_eps: float = 1e-8,
         lmo: str = "spectral",
     ) -> None:
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0; got {lr!r}.")
-        for name, value in (("momentum", momentum), ("noise_beta", noise_beta)):
-            if not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1); got {value!r}.")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}.")
-        if not noise_alpha >= 0 or not power >= 0:
-            raise ValueError(f"noise_alpha and power must be >= 0; got {noise_alpha}, {power}.")
-        check_positive_int("ns_steps", ns_steps)
-        check_positive_int("noise_every", noise_every)
-        check_choice("spectral_scale", spectral_scale, SPECTRAL_SCALES)
-        check_choice("lmo", lmo, LMOS)
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -157,10 +199,11 @@ class LANTON(torch.optim.Optimizer):
             "lmo": lmo,
             "noise_group": None,
         }
+        _check_hyperparameters(defaults)  # named as arguments, before any group repeats them
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (the constructor adds each of its own through here), checked.
+        """Add a group (the constructor adds each of its own through here), checked strictly.
 
         A group that fails a check is taken out again: it must not be stepped unchecked.
         """
@@ -168,7 +211,15 @@ class LANTON(torch.optim.Optimizer):
         index = len(self.param_groups) - 1
         group = self.param_groups[index]
         try:
-            check_choice("param group 'lmo'", group["lmo"], LMOS)
+            allowed = (*BOOKKEEPING_KEYS, *self.defaults)
+            unknown = sorted(set(group) - set(allowed))
+            if unknown:
+                raise ValueError(
+                    f"param group {index} has unknown keys {unknown}; allowed: "
+                    + ", ".join(map(repr, allowed))
+                    + "."
+                )
+            _check_hyperparameters(group, f"param group {index}: ")
             if group["noise_group"] is None:
                 group["noise_group"] = group["lmo"]
             if group["lmo"] == "spectral":

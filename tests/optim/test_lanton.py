@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import itertools
+import re
 from typing import Any
 
 import pytest
@@ -243,6 +244,58 @@ def test_a_noise_group_needs_one_rule_and_other_groups_may_differ() -> None:
     assert optimizer.effective_lrs()["group1.0"] == pytest.approx(0.02)
 
 
+def test_unknown_group_keys_are_refused() -> None:
+    allowed = r"allowed: 'params', 'param_names', 'name', 'lr', 'momentum'"
+    with pytest.raises(
+        ValueError, match=rf"param group 0 has unknown keys \['momemtum'\]; {allowed}"
+    ):
+        LANTON([{"params": _matrices(), "momemtum": 0.9}])
+    optimizer = LANTON([{"params": _matrices()[:1], "name": "hidden"}])  # LearningRateMonitor's
+    with pytest.raises(ValueError, match=r"param group 1 has unknown keys \['decay'\]"):
+        optimizer.add_param_group({"params": _matrices(1)[:1], "decay": 0.1})
+    assert len(optimizer.param_groups) == 1
+
+
+BAD_VALUES = [
+    ("lr", -0.1),
+    ("lr", "0.1"),
+    ("momentum", 1.0),
+    ("noise_beta", -0.1),
+    ("weight_decay", -1.0),
+    ("noise_alpha", -1.0),
+    ("power", float("nan")),
+    ("eps", 0.0),
+    ("adam_eps", -1.0),
+    ("betas", (1.5, 0.9), r"\[0\] must be a number in \[0, 1\); got 1\.5"),
+    ("betas", (0.9,)),
+    ("ns_steps", 2.5),
+    ("noise_every", 0),
+    ("noise_every", True),
+    ("ns_dtype", torch.int64),
+    ("ns_dtype", "bfloat16"),
+    ("ns_coefficients", "quintic"),
+    ("ns_coefficients", (1.0, 2.0)),
+    ("spectral_scale", "rms"),
+    ("lmo", "adam"),
+    ("noise_group", ["a"]),
+    ("nesterov", "yes"),
+    ("adaptive", 1),
+    ("exact_dual_norm", None),
+]
+
+
+@pytest.mark.parametrize("case", BAD_VALUES, ids=str)
+def test_bad_values_are_refused_as_arguments_and_as_group_values(case: tuple) -> None:
+    """The message starts with the argument's name and shows the value (``case[2]``, if given)."""
+    key, value, *shown = case
+    message = rf"{key}\b.*{shown[0] if shown else re.escape(repr(value))}"
+    if key != "noise_group":  # a group key only
+        with pytest.raises(ValueError, match="^" + message):
+            LANTON(_matrices(), **{key: value})
+    with pytest.raises(ValueError, match="^param group 0: " + message):
+        LANTON([{"params": _matrices(), key: value}])
+
+
 @pytest.mark.parametrize(
     "settings",
     [{"ns_steps": 10}, {"ns_dtype": torch.float32}, {"ns_coefficients": "cubic"}, {"eps": 100.0}],
@@ -337,7 +390,7 @@ def test_vectors_in_a_spectral_group_are_refused() -> None:
         LANTON([nn.Parameter(torch.zeros(4))])
     with pytest.raises(ValueError, match=r"lmo='adam'.*'spectral', 'sign', 'adamw'"):
         LANTON(_matrices(), lmo="adam")
-    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\); got 1.5"):
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\); got 1.5"):
         LANTON(_matrices(), momentum=1.5)
 
 
