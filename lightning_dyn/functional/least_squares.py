@@ -160,17 +160,9 @@ def _gradient(jac: Tensor, r: Tensor) -> Tensor:
     return (jac.mT @ r.unsqueeze(-1)).squeeze(-1)
 
 
-def _check_finite_at(mask: Tensor, jac: Tensor, r: Tensor, where: str) -> None:
-    bad_r = mask & ~torch.isfinite(r).all(-1)
-    if bad_r.any():
-        raise FloatingPointError(
-            f"residual_fn returned non-finite residuals {where} for problems {_indices(bad_r)}."
-        )
-    bad_j = mask & ~torch.isfinite(jac).flatten(1).all(-1)
-    if bad_j.any():
-        raise FloatingPointError(
-            f"the Jacobian of residual_fn is non-finite {where} for problems {_indices(bad_j)}."
-        )
+def _finite_problems(jac: Tensor, r: Tensor) -> Tensor:
+    """``(B,)``: problems whose residual and Jacobian are finite."""
+    return torch.isfinite(r).all(-1) & torch.isfinite(jac).flatten(1).all(-1)
 
 
 def _try_step(
@@ -214,7 +206,11 @@ def _levenberg_marquardt(
     tol: float,
     damping: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Batched LM with per-problem damping and masks; returns ``(ω, J, r, f, iterations)``."""
+    """Batched LM with per-problem damping and masks; returns ``(ω, J, r, f, iterations)``.
+
+    Problems that are not finite at ``omega0`` (a diverged network upstream) take no step; their
+    ``ω`` is NaN.
+    """
     batch, n = omega.shape
     jac, r = rj(omega, params)
     if r.ndim != 2 or r.shape[1] == 0:
@@ -222,11 +218,11 @@ def _levenberg_marquardt(
             "residual_fn must return a non-empty 1-D residual (M,) for one problem; got shape "
             f"{tuple(r.shape[1:])}."
         )
-    everyone = torch.ones(batch, dtype=torch.bool, device=omega.device)
-    _check_finite_at(everyone, jac, r, "at omega0")
+    finite = _finite_problems(jac, r)
+    omega = torch.where(finite[:, None], omega, torch.nan)
     f = 0.5 * r.square().sum(-1)
     lam = torch.full((batch,), damping, dtype=torch.float64, device=omega.device)
-    active = everyone.clone()
+    active = finite.clone()
     iterations = torch.zeros(batch, dtype=torch.int64, device=omega.device)
     eye = torch.eye(n, dtype=torch.float64, device=omega.device)
     for _ in range(max_iter):
@@ -296,7 +292,9 @@ class _ImplicitLeastSquares(torch.autograd.Function):
         v = grad_omega.to(torch.float64)
         hess = vmap(jacfwd(g_fn))(omega, p64)  # full Hessian of ½‖r‖², (B, N, N)
         u, info = torch.linalg.solve_ex(hess, v)
-        bad = (info != 0) | ~torch.isfinite(u).all(-1)
+        # A problem that was non-finite to begin with (NaN ω) passes NaN on, as a torch layer
+        # would; a finite problem with a singular Hessian has no implicit gradient.
+        bad = ((info != 0) | ~torch.isfinite(u).all(-1)) & torch.isfinite(omega).all(-1)
         if bad.any():
             raise RuntimeError(
                 "solve_least_squares backward: the Hessian of 0.5*||r||^2 at the solution is "
@@ -367,7 +365,10 @@ def solve_least_squares(
         polish_steps: Full-Hessian Newton steps after LM (``>= 0``).
         on_failure: What to do when some problems did not converge: ``"warn"`` (``warnings.warn``
             naming how many and the worst gradient norm), ``"raise"`` (``RuntimeError``) or
-            ``"ignore"`` (check ``result.converged`` yourself).
+            ``"ignore"`` (check ``result.converged`` yourself). Problems whose residual (or its
+            Jacobian) is non-finite at ``omega0``, as after a diverged network, are failures too:
+            their ``ω`` is NaN, they are not converged, ``"raise"`` raises
+            ``FloatingPointError`` naming them, and their gradients are NaN.
 
     Returns:
         A ``LeastSquaresResult`` with float64 ``omega`` on ``omega0``'s device.
@@ -375,8 +376,9 @@ def solve_least_squares(
     Raises:
         ValueError: An argument has the wrong type, shape or value, or ``residual_fn`` does not
             return a 1-D residual.
-        FloatingPointError: ``residual_fn`` (or its Jacobian) is non-finite at ``omega0``; the
-            message names the problems. (A non-finite trial point later on is a rejected step.)
+        FloatingPointError: ``on_failure="raise"`` and ``residual_fn`` (or its Jacobian) is
+            non-finite at ``omega0``; the message names the problems. (A non-finite trial point
+            later on is a rejected step.)
         RuntimeError: ``on_failure="raise"`` and some problems did not converge.
     """
     tensors, single = _check_inputs(residual_fn, params, omega0)
@@ -399,15 +401,26 @@ def solve_least_squares(
         converged = gradient_norm <= tol * residual_norm.clamp_min(1.0)
 
     if not bool(converged.all()) and on_failure != "ignore":
-        failed = ~converged
-        message = (
-            f"solve_least_squares: {int(failed.sum())} of {len(converged)} problems did not "
-            f"converge in max_iter={max_iter} iterations (worst gradient norm "
-            f"{gradient_norm[failed].max().item():.3e}, tol={tol:g}); problems {_indices(failed)}."
-        )
-        if on_failure == "raise":
-            raise RuntimeError(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        not_finite = ~torch.isfinite(omega).all(-1)
+        if not_finite.any():
+            message = (
+                f"solve_least_squares: residual_fn returned non-finite residuals (or Jacobian) "
+                f"at omega0 for problems {_indices(not_finite)}; their omega is NaN."
+            )
+            if on_failure == "raise":
+                raise FloatingPointError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        failed = ~converged & ~not_finite
+        if failed.any():
+            message = (
+                f"solve_least_squares: {int(failed.sum())} of {len(converged)} problems did not "
+                f"converge in max_iter={max_iter} iterations (worst gradient norm "
+                f"{gradient_norm[failed].max().item():.3e}, tol={tol:g}); problems "
+                f"{_indices(failed)}."
+            )
+            if on_failure == "raise":
+                raise RuntimeError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         omega = _ImplicitLeastSquares.apply(call, omega, *tensors)

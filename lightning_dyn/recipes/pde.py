@@ -218,6 +218,17 @@ class PDEModule(pl.LightningModule):
         self._last_basis: Tensor | None = None  # the solver's basis rows, for interface_jump
         self.double()
 
+    def setup(self, stage: str) -> None:
+        # The module computes in float64 (it calls .double() itself); a "-true" half precision
+        # would convert its weights to 16 bits under the float64 data and solves.
+        precision = str(self.trainer.precision)
+        if precision in ("bf16-true", "16-true"):
+            raise ValueError(
+                f"PDEModule computes in float64 and cannot train with precision={precision!r} "
+                "(its weights would be converted to 16 bits). Use the default '32-true' or "
+                "'64-true'; mixed precision ('bf16-mixed', '16-mixed') leaves float64 alone."
+            )
+
     def _residual_fn(self, omega: Tensor, b: Tensor, *rows: Tensor) -> Tensor:
         """Residual rows of one sample (or block): stencils of ``u = a + B ω`` combined.
 

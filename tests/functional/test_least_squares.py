@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -188,14 +190,27 @@ def test_unconverged_warns_or_raises() -> None:
     assert not res.converged.all()
 
 
-def test_non_finite_residual_raises_naming_problems() -> None:
-    bad = torch.tensor([0.0, float("nan"), 0.0], dtype=F64)
+def test_non_finite_problems_fail_alone_by_the_on_failure_policy() -> None:
+    # A diverged network upstream: problem 1 is NaN, the others must still be solved.
+    values = torch.tensor([1.0, float("nan"), 2.0], dtype=F64)
 
     def residual(omega: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return omega - p
 
-    with pytest.raises(FloatingPointError, match=r"non-finite residuals at omega0.*\[1\]"):
-        solve_least_squares(residual, bad[:, None].expand(3, 2), torch.zeros(3, 2))
+    params = values[:, None].expand(3, 2).clone().requires_grad_(True)
+    with pytest.raises(FloatingPointError, match=r"non-finite residuals.*omega0.*\[1\]"):
+        solve_least_squares(residual, params, torch.zeros(3, 2), on_failure="raise")
+    with pytest.warns(RuntimeWarning, match=r"non-finite residuals.*\[1\]"):
+        result = solve_least_squares(residual, params, torch.zeros(3, 2), on_failure="warn")
+    assert result.converged.tolist() == [True, False, True]
+    assert torch.isnan(result.omega[1]).all()
+    torch.testing.assert_close(result.omega[[0, 2]], params[[0, 2]].detach())
+    # The backward does not refuse the batch: the others get their exact gradients.
+    (grad,) = torch.autograd.grad(result.omega.sum(), params)
+    torch.testing.assert_close(grad[[0, 2]], torch.ones(2, 2, dtype=F64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        solve_least_squares(residual, params.detach(), torch.zeros(3, 2), on_failure="ignore")
 
 
 def test_non_finite_trial_points_are_rejected_steps() -> None:

@@ -1,0 +1,411 @@
+"""The conformance matrix: every plugin, in every setting users run, on models it did not write.
+
+A :class:`Plugin` says how a user attaches it to each model family of ``user_models.py`` (the
+callbacks, optimizer factory or loss they would write, with the documented adapters); a
+:class:`Setting` is one way users train (a precision, accumulation, a frozen or compiled
+submodule, a batch format, a run that diverges, uneven DDP shards). ``test_conformance.py`` runs
+every pair and checks the outcome the plugin declares for it:
+
+- **works**: the fit completes, the plugin logs its metrics (finite, except after a divergence),
+  and the setting's own checks hold (a frozen submodule keeps its mode and BatchNorm
+  statistics; a diverged run warns and records NaN; uneven DDP shards give the 1-process metrics);
+- **refused**: the fit stops at setup, before the first step, with a message naming the
+  reason and what to use instead (``Plugin.refused``);
+- **n/a**: the setting does not reach the plugin, with the reason (``Plugin.not_applicable``).
+
+``docs/compatibility.md`` is generated from this file (``python tests/conformance.py``), and a
+test fails when it is out of date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.plugins import MixedPrecision
+from torch import nn
+from user_models import (
+    TokenData,
+    UserBoring,
+    UserCNN,
+    UserDictCNN,
+    UserImageData,
+    UserTransformer,
+)
+
+from lightning_dyn.callbacks import (
+    LayerwiseLRMonitor,
+    NeuralCollapseMonitor,
+    OutlierPairDetector,
+    PerpGrad,
+    SharpnessMonitor,
+    SoftmaxCollapseMonitor,
+    ThresholdCrossing,
+)
+from lightning_dyn.nn import StableMaxCrossEntropyLoss, StableMaxHead
+from lightning_dyn.optim import LANTON, param_groups
+from lightning_dyn.recipes import PDEDataModule, PDEModule
+
+STEPS = 4
+"""Optimizer steps of every conformance run."""
+
+DIVERGE_AT_STEP = 2
+"""The diverging setting turns the parameters to NaN before this optimizer step."""
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way users train.
+
+    Args:
+        name: column id.
+        title: column header of ``docs/compatibility.md``.
+        family: the model family of ``user_models.py`` it runs on.
+        trainer: builds extra ``Trainer`` arguments (fresh plugin objects every run).
+        model: extra arguments of the family's module.
+        data: extra arguments of the family's data module.
+        prepare: changes the built module as a user would (freeze, compile).
+        diverge: turn every parameter to NaN before step ``DIVERGE_AT_STEP``.
+        ddp: ``"uneven"``: 2 processes on an odd dataset, learning rate 0 so that both runs
+            measure the same parameters, the logged metrics compared with 1 process.
+    """
+
+    name: str
+    title: str
+    family: str = "cnn"
+    trainer: Callable[[], dict[str, Any]] = dict
+    model: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
+    prepare: Callable[[pl.LightningModule], None] | None = None
+    diverge: bool = False
+    ddp: str | None = None
+
+
+def freeze_features(module: pl.LightningModule) -> None:
+    """A frozen backbone, as users write it: eval mode, no gradients."""
+    module.features.eval()
+    module.features.requires_grad_(False)
+
+
+def compile_features(module: pl.LightningModule) -> None:
+    """``torch.compile`` on a submodule. ``aot_eager`` runs the AOTAutograd path every compile
+    backend but ``"eager"`` takes, without inductor's minutes of C++ compilation on a CPU."""
+    module.features = torch.compile(module.features, backend="aot_eager")
+
+
+SETTINGS: list[Setting] = [
+    Setting("64-true", "`64-true`", trainer=lambda: {"precision": "64-true"}),
+    Setting("bf16-true", "`bf16-true`", trainer=lambda: {"precision": "bf16-true"}),
+    Setting("bf16-mixed", "`bf16-mixed`", trainer=lambda: {"precision": "bf16-mixed"}),
+    Setting(
+        "fp16-scaler",
+        "fp16 + GradScaler",
+        trainer=lambda: {
+            "plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]
+        },
+    ),
+    Setting(
+        "accumulate",
+        "accumulate 2",
+        trainer=lambda: {"accumulate_grad_batches": 2},
+        data={"batch_size": 24},
+    ),
+    Setting("clip", "clip 0.5", trainer=lambda: {"gradient_clip_val": 0.5}),
+    Setting(
+        "frozen",
+        "frozen BN backbone",
+        model={"batch_norm": True, "dropout": 0.25},
+        prepare=freeze_features,
+    ),
+    Setting("compiled", "compiled submodule", prepare=compile_features),
+    Setting("tensor-batch", "bare-tensor batch (`BoringModel`)", family="tensor"),
+    Setting("dict-batch", "dict batch", family="dict"),
+    Setting("per-token", "per-token targets (demo `Transformer`)", family="tokens"),
+    Setting("diverges", "diverges to NaN", diverge=True),
+    Setting(
+        "ddp-uneven",
+        "2-process DDP, uneven shards",
+        model={"lr": 0.0},
+        data={"n": 47},
+        ddp="uneven",
+    ),
+]
+SETTING_NAMES = [s.name for s in SETTINGS]
+
+
+# --- families: the user's modules ----------------------------------------------------------------
+
+
+@dataclass
+class Parts:
+    """What a user adds to their model and Trainer for one plugin."""
+
+    callbacks: list[pl.Callback] = field(default_factory=list)
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
+    criterion: Callable | None = None
+    prepare: Callable[[pl.LightningModule], None] | None = None
+
+
+def build_family(
+    family: str, parts: Parts, model: Mapping[str, Any], data: Mapping[str, Any]
+) -> tuple[pl.LightningModule, pl.LightningDataModule | None]:
+    """The user's module and data of ``family``, with the plugin's parts."""
+    extra = {"optimizer": parts.optimizer}
+    if family in ("cnn", "dict"):
+        cls = UserCNN if family == "cnn" else UserDictCNN
+        module = cls(criterion=parts.criterion, **extra, **model)
+        return module, UserImageData(as_dict=family == "dict", **data)
+    if family == "tensor":
+        return UserBoring(**extra), None
+    if family == "tokens":
+        return UserTransformer(**extra), TokenData()
+    if family == "pde":
+        return _pde_pair(**model)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def _pde_pair(**moe: Any) -> tuple[PDEModule, PDEDataModule]:
+    """The pde recipe at toy size: K=2 experts in space (or one hard constraint), full batch."""
+    grid = {"n_x": 16, "n_t": 9}
+    options = {"constraint": "moe", "experts": 2, "partition": (1, 2), **moe}
+    module = PDEModule(n_basis=4, width=16, figure=False, **grid, **options)
+    return module, PDEDataModule(**grid, n_train=4, n_val=2, batch_size=4)
+
+
+# The documented adapters, per family: how a user tells a monitor to read their batches.
+def _boring_targets(batch: torch.Tensor) -> torch.Tensor:
+    """``BoringModel`` has no labels; a user measuring it as a classifier picks some."""
+    return (batch[:, 0] > 0).long()
+
+
+LOGITS_FN: dict[str, Callable | None] = {
+    "cnn": None,  # the default: (inputs, targets) and module(inputs)
+    "dict": lambda module, batch: (module(batch["image"]), batch["label"]),
+    "tensor": lambda module, batch: (module(batch), _boring_targets(batch)),
+    "tokens": lambda module, batch: (module(batch[0], batch[1]), batch[1]),
+    "pde": None,
+}
+HESSIAN_LOSS_FN: dict[str, Any] = {
+    "cnn": "cross_entropy",
+    "dict": lambda forward, batch: F.cross_entropy(forward(batch["image"]), batch["label"]),
+    "tensor": lambda forward, batch: F.mse_loss(forward(batch), torch.ones(len(batch), 2)),
+    "tokens": lambda forward, batch: F.nll_loss(forward(batch[0], batch[1]), batch[1].flatten()),
+}
+
+
+# --- plugins -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One exported plugin and how users attach it.
+
+    Args:
+        name: the exported name.
+        attach: ``family -> Parts``.
+        keys: prefixes of the metric keys it must log in a working run.
+        monitor: it follows the monitors' divergence policy (warns once, logs NaN).
+        family: the family of the settings that run on the default ``"cnn"``.
+        refused: setting -> a fragment of the message it refuses it with, at setup.
+        not_applicable: setting -> why the setting does not reach the plugin.
+        ddp_rtol: relative tolerance of the DDP metric comparison.
+    """
+
+    name: str
+    attach: Callable[[str], Parts]
+    keys: tuple[str, ...] = ()
+    monitor: bool = False
+    family: str = "cnn"
+    refused: Mapping[str, str] = field(default_factory=dict)
+    not_applicable: Mapping[str, str] = field(default_factory=dict)
+    ddp_rtol: float = 1e-4
+
+    def outcome(self, setting: str) -> tuple[str, str]:
+        """``("works" | "refused" | "n/a", reason)`` declared for ``setting``."""
+        if setting in self.refused:
+            return "refused", self.refused[setting]
+        if setting in self.not_applicable:
+            return "n/a", self.not_applicable[setting]
+        return "works", ""
+
+
+def _lanton(module: nn.Module) -> LANTON:
+    """A user's ``configure_optimizers`` returning LANTON over the module's parameter groups."""
+    return LANTON(param_groups(module, lr=0.02), ns_dtype=torch.float32)
+
+
+def _stablemax_head(module: pl.LightningModule) -> None:
+    """The user swaps their classifier for a StableMax head and trains on its loss."""
+    module.classifier = StableMaxHead(module.classifier.in_features, 3)
+    module.criterion = module.classifier.loss
+
+
+_NO_OWN_DATA = "reads no data itself: Lightning's sampler decides what it trains on"
+_IN_THE_MODEL = "a layer of the user's network: batches do not reach it"
+_PDE_ONLY = {
+    name: _IN_THE_MODEL
+    for name in ("tensor-batch", "dict-batch", "per-token", "frozen", "compiled")
+}
+_PDE_REFUSALS = {"bf16-true": "PDEModule computes in float64"}
+_CLASSIFIER_LOSS_NA = {
+    "tensor-batch": "a classification loss; BoringModel trains a regression",
+    "per-token": "the demo Transformer returns log-probabilities, a StableMax loss needs logits",
+}
+
+PLUGINS: list[Plugin] = [
+    Plugin(
+        "ThresholdCrossing",
+        lambda family: Parts([ThresholdCrossing("train/loss", 100.0, mode="min")]),
+        keys=("threshold_crossing/train/loss",),
+        not_applicable={"ddp-uneven": _NO_OWN_DATA},
+    ),
+    Plugin(
+        "PerpGrad",
+        lambda family: Parts([PerpGrad()]),
+        keys=("perp_grad/cos_w_g/",),
+        not_applicable={"ddp-uneven": _NO_OWN_DATA},
+    ),
+    Plugin(
+        "LANTON",
+        lambda family: Parts(optimizer=_lanton),
+        not_applicable={"ddp-uneven": _NO_OWN_DATA},
+    ),
+    Plugin(
+        "LayerwiseLRMonitor",
+        lambda family: Parts([LayerwiseLRMonitor(every_n_steps=2)], optimizer=_lanton),
+        keys=("layerwise_lr/lr/",),
+        not_applicable={"ddp-uneven": _NO_OWN_DATA},
+    ),
+    Plugin(
+        "SoftmaxCollapseMonitor",
+        lambda family: Parts(
+            [SoftmaxCollapseMonitor(every_n_steps=2, logits_fn=LOGITS_FN[family])]
+        ),
+        keys=("softmax_collapse/sc_fraction", "softmax_collapse/cos_w_g/"),
+        monitor=True,
+    ),
+    Plugin(
+        "OutlierPairDetector",
+        lambda family: Parts(
+            [
+                OutlierPairDetector(
+                    k=6,
+                    window=3,
+                    min_flips=0,
+                    corr_threshold=0.01,
+                    cos_threshold=0.0,
+                    logits_fn=LOGITS_FN[family],
+                )
+            ]
+        ),
+        keys=("opposing/probe_loss", "opposing/num_groups"),
+        monitor=True,
+        ddp_rtol=1e-3,
+    ),
+    Plugin(
+        "SharpnessMonitor",
+        lambda family: Parts(
+            [SharpnessMonitor(every_n_steps=2, loss_fn=HESSIAN_LOSS_FN[family], tol=1e-4)]
+        ),
+        keys=("sharpness/lambda_1", "sharpness/hvps"),
+        monitor=True,
+        ddp_rtol=1e-3,
+    ),
+    Plugin(
+        "NeuralCollapseMonitor",
+        lambda family: Parts([NeuralCollapseMonitor(logits_fn=LOGITS_FN[family], figure=False)]),
+        keys=("nc/nc1", "nc/nc4"),
+        monitor=True,
+    ),
+    Plugin(
+        "StableMaxCrossEntropyLoss",
+        lambda family: Parts(criterion=StableMaxCrossEntropyLoss()),
+        not_applicable={**_CLASSIFIER_LOSS_NA, "ddp-uneven": _NO_OWN_DATA},
+    ),
+    Plugin(
+        "StableMaxHead",
+        lambda family: Parts(prepare=_stablemax_head),
+        not_applicable={**_CLASSIFIER_LOSS_NA, "ddp-uneven": _NO_OWN_DATA},
+    ),
+    Plugin(
+        "HardConstraintLayer",
+        lambda family: Parts(),
+        family="pde",
+        refused=_PDE_REFUSALS,
+        not_applicable={**_PDE_ONLY, "ddp-uneven": _NO_OWN_DATA},
+    ),
+    Plugin(
+        "HardConstraintMoE",
+        lambda family: Parts(),
+        family="pde",
+        refused=_PDE_REFUSALS,
+        not_applicable={**_PDE_ONLY, "ddp-uneven": _NO_OWN_DATA},
+    ),
+]
+
+
+def plugin_model_options(plugin: Plugin) -> dict[str, Any]:
+    """Module arguments a plugin's family needs on top of the setting's."""
+    if plugin.name == "HardConstraintLayer":
+        return {"constraint": "hard"}
+    if plugin.name == "HardConstraintMoE":
+        return {"expert_parallel": False}
+    return {}
+
+
+CASES: list[tuple[Plugin, Setting]] = [(p, s) for p in PLUGINS for s in SETTINGS]
+
+
+# --- the document --------------------------------------------------------------------------------
+
+REGISTRY_COLUMNS = ("train", "second fit", "exact resume", "2-process DDP, metrics compared")
+
+
+def compatibility_markdown() -> str:
+    """``docs/compatibility.md``: the matrix as a table, from the declarations above."""
+    from harness import REGISTRY
+
+    registered = {entry.name for entry in REGISTRY}
+    lines = [
+        "# Compatibility",
+        "",
+        "Generated by `python tests/conformance.py > docs/compatibility.md` from the conformance",
+        "registry (`tests/conformance.py`, `tests/harness.py`); `pytest` fails when this file is",
+        "out of date. Every cell is a test: **works** trains to the end in a real `Trainer` on a",
+        "model `lightning_dyn` did not write (a BatchNorm/dropout CNN, Lightning's `BoringModel`",
+        "and demo `Transformer`, a dict-batch CNN), logs the plugin's metrics and passes the",
+        "setting's own checks; **refused** stops at setup, before the first step, with the",
+        "reason and what to use instead; **n/a** says why the setting does not reach the plugin.",
+        "",
+        "The first four columns come from `tests/test_registry.py` (the package's own tiny models",
+        "and a user CNN); the DDP column compares every logged metric of the 2-process run with",
+        "the 1-process run. The others come from `tests/test_conformance.py`.",
+        "",
+    ]
+    header = ["plugin", *REGISTRY_COLUMNS, *(s.title for s in SETTINGS)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes: dict[str, int] = {}
+    for plugin in PLUGINS:
+        cells = ["works" if plugin.name in registered else "—" for _ in REGISTRY_COLUMNS]
+        for setting in SETTINGS:
+            kind, reason = plugin.outcome(setting.name)
+            if kind == "works":
+                cells.append("works")
+                continue
+            number = notes.setdefault(f"{kind}: {reason}", len(notes) + 1)
+            cells.append(f"{kind} [{number}]")
+        lines.append(f"| `{plugin.name}` | " + " | ".join(cells) + " |")
+    lines += ["", "Notes:", ""]
+    lines += [f"{number}. {text}" for text, number in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(compatibility_markdown(), end="")
