@@ -26,6 +26,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from harness import REGISTRY, pde_pair, with_stablemax_head
 from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from user_models import (
@@ -46,9 +47,9 @@ from lightning_dyn.callbacks import (
     SoftmaxCollapseMonitor,
     ThresholdCrossing,
 )
-from lightning_dyn.nn import StableMaxCrossEntropyLoss, StableMaxHead
+from lightning_dyn.nn import StableMaxCrossEntropyLoss
 from lightning_dyn.optim import LANTON, param_groups
-from lightning_dyn.recipes import PDEDataModule, PDEModule
+from lightning_dyn.strategies import ExpertParallelStrategy
 
 STEPS = 4
 """Optimizer steps of every conformance run."""
@@ -167,16 +168,8 @@ def build_family(
     if family == "tokens":
         return UserTransformer(**extra), TokenData()
     if family == "pde":
-        return _pde_pair(**model)
+        return pde_pair(**model)
     raise ValueError(f"unknown family {family!r}")
-
-
-def _pde_pair(**moe: Any) -> tuple[PDEModule, PDEDataModule]:
-    """The pde recipe at toy size: K=2 experts in space (or one hard constraint), full batch."""
-    grid = {"n_x": 16, "n_t": 9}
-    options = {"constraint": "moe", "experts": 2, "partition": (1, 2), **moe}
-    module = PDEModule(n_basis=4, width=16, figure=False, **grid, **options)
-    return module, PDEDataModule(**grid, n_train=4, n_val=2, batch_size=4)
 
 
 # The documented adapters, per family: how a user tells a monitor to read their batches.
@@ -216,6 +209,8 @@ class Plugin:
         refused: setting -> a fragment of the message it refuses it with, at setup.
         not_applicable: setting -> why the setting does not reach the plugin.
         ddp_rtol: relative tolerance of the DDP metric comparison.
+        strategy: builds the plugin when it is a strategy: every setting then runs on 2
+            processes under it.
     """
 
     name: str
@@ -226,6 +221,7 @@ class Plugin:
     refused: Mapping[str, str] = field(default_factory=dict)
     not_applicable: Mapping[str, str] = field(default_factory=dict)
     ddp_rtol: float = 1e-4
+    strategy: Callable[[], Any] | None = None
 
     def outcome(self, setting: str) -> tuple[str, str]:
         """``("works" | "refused" | "n/a", reason)`` declared for ``setting``."""
@@ -239,12 +235,6 @@ class Plugin:
 def _lanton(module: nn.Module) -> LANTON:
     """A user's ``configure_optimizers`` returning LANTON over the module's parameter groups."""
     return LANTON(param_groups(module, lr=0.02), ns_dtype=torch.float32)
-
-
-def _stablemax_head(module: pl.LightningModule) -> None:
-    """The user swaps their classifier for a StableMax head and trains on its loss."""
-    module.classifier = StableMaxHead(module.classifier.in_features, 3)
-    module.criterion = module.classifier.loss
 
 
 _NO_OWN_DATA = "reads no data itself: Lightning's sampler decides what it trains on"
@@ -331,7 +321,7 @@ PLUGINS: list[Plugin] = [
     ),
     Plugin(
         "StableMaxHead",
-        lambda family: Parts(prepare=_stablemax_head),
+        lambda family: Parts(prepare=with_stablemax_head),
         not_applicable={**_CLASSIFIER_LOSS_NA, "ddp-uneven": _NO_OWN_DATA},
     ),
     Plugin(
@@ -348,6 +338,18 @@ PLUGINS: list[Plugin] = [
         refused=_PDE_REFUSALS,
         not_applicable={**_PDE_ONLY, "ddp-uneven": _NO_OWN_DATA},
     ),
+    Plugin(
+        "ExpertParallelStrategy",
+        lambda family: Parts(),
+        keys=("train/interface_jump", "train/lm_iterations"),
+        family="pde",
+        refused=_PDE_REFUSALS,
+        not_applicable={
+            **_PDE_ONLY,
+            "ddp-uneven": "replicates the data on every rank: there are no shards",
+        },
+        strategy=lambda: ExpertParallelStrategy(start_method="spawn", process_group_backend="gloo"),
+    ),
 ]
 
 
@@ -357,6 +359,8 @@ def plugin_model_options(plugin: Plugin) -> dict[str, Any]:
         return {"constraint": "hard"}
     if plugin.name == "HardConstraintMoE":
         return {"expert_parallel": False}
+    if plugin.name == "ExpertParallelStrategy":
+        return {"expert_parallel": "auto"}
     return {}
 
 
@@ -370,8 +374,6 @@ REGISTRY_COLUMNS = ("train", "second fit", "exact resume", "2-process DDP, metri
 
 def compatibility_markdown() -> str:
     """``docs/compatibility.md``: the matrix as a table, from the declarations above."""
-    from harness import REGISTRY
-
     registered = {entry.name for entry in REGISTRY}
     lines = [
         "# Compatibility",

@@ -38,7 +38,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "compatibility.md"
 
 
 def _marks(plugin: Plugin, setting: Setting) -> list[Any]:
-    return [pytest.mark.ddp] if setting.ddp else []
+    return [pytest.mark.ddp] if setting.ddp or plugin.strategy else []
 
 
 PARAMS = [
@@ -82,10 +82,9 @@ def fit(module: pl.LightningModule, data: Any, callbacks: list, root: Path, **kw
 def test_every_plugin_has_a_row() -> None:
     """Every exported callback, optimizer and strategy, and every nn plugin, is in the matrix."""
     rows = {plugin.name for plugin in PLUGINS}
-    # The metric behind NeuralCollapseMonitor, tested through it; the strategy has its own rows
-    # in the registry (it is a 2-process setting itself).
+    # The metric behind NeuralCollapseMonitor is tested through it.
     expected = exported_names() | set(lightning_dyn.nn.__all__)
-    expected -= {"NeuralCollapseStatistics", "ExpertParallelStrategy"}
+    expected -= {"NeuralCollapseStatistics"}
     assert rows == expected, f"missing: {expected - rows}, unknown: {rows - expected}"
 
 
@@ -103,6 +102,9 @@ def test_conformance(plugin: Plugin, setting: Setting, tmp_path: Path) -> None:
         pytest.skip(f"n/a: {reason}")
     if setting.ddp:
         _check_uneven_ddp(plugin, setting, tmp_path)
+        return
+    if plugin.strategy is not None:
+        _check_under_strategy(plugin, setting, kind, reason, tmp_path)
         return
     module, data, callbacks = build(plugin, setting)
     trainer_options = setting.trainer()
@@ -166,3 +168,24 @@ def _check_uneven_ddp(plugin: Plugin, setting: Setting, tmp_path: Path) -> None:
         atol=1e-6,
         label=f"uneven/{plugin.name}",
     )
+
+
+def _check_under_strategy(
+    plugin: Plugin, setting: Setting, kind: str, reason: str, tmp_path: Path
+) -> None:
+    """A strategy plugin: the setting on 2 processes under it; the ranks must end identical."""
+    module, data, callbacks = build(plugin, setting)
+    options = {"strategy": plugin.strategy(), "devices": 2, **setting.trainer()}
+    if kind == "refused":
+        # The workers raise at setup; the spawn launcher re-raises their traceback here.
+        with pytest.raises(Exception, match=re.escape(reason)):
+            fit(module, data, callbacks, tmp_path, **options)
+        return
+    fit(module, data, [*callbacks, RankReport(tmp_path)], tmp_path, **options)
+    rank0, _ = read_rank_reports(tmp_path)
+    values = logged_series(rank0["records"], plugin.keys)
+    for prefix in plugin.keys:
+        assert any(key.startswith(prefix) for _, key in values), f"{prefix!r} never logged"
+    if not setting.diverge:
+        bad = {key: v for key, v in values.items() if not math.isfinite(v)}
+        assert not bad, f"non-finite metrics in a run that did not diverge: {bad}"

@@ -98,12 +98,11 @@ def build_probe(
     if isinstance(probe, DataLoader):
         full = concat(list(probe))
         size = batch_length(full)
+        _check_size(size, world)
         indices = torch.arange(size)
         positions = torch.arange(rank, size, world)
         local = training_batch(trainer, take(full, positions))
-        return _checked(
-            Probe(size, indices, positions, local, whole=full if rank == 0 else None), world
-        )
+        return Probe(size, indices, positions, local, whole=full if rank == 0 else None)
     loader = trainer.train_dataloader
     if loader is None or not hasattr(loader, "dataset"):
         raise ValueError(
@@ -127,19 +126,19 @@ def build_probe(
             raise ValueError(
                 f"probe holds indices outside the training set [0, {n}): {bad[:5].tolist()}."
             )
+    _check_size(len(indices), world)
     positions = torch.arange(rank, len(indices), world)
     local = training_batch(trainer, _fetch(dataset, indices[positions].tolist(), loader))
-    return _checked(Probe(len(indices), indices, positions, local, dataset=dataset), world)
+    return Probe(len(indices), indices, positions, local, dataset=dataset)
 
 
-def _checked(probe: Probe, world: int) -> Probe:
+def _check_size(size: int, world: int) -> None:
     # Every rank knows the probe's size, so every rank refuses alike: none waits in a collective.
-    if probe.size < world:
+    if size < world:
         raise ValueError(
-            f"the probe has {probe.size} examples, fewer than the {world} ranks that share it "
-            "(a rank would measure nothing); use a probe of at least one example per rank."
+            f"the probe has {size} examples, fewer than the {world} ranks that share it (a rank "
+            "would measure nothing); use a probe of at least one example per rank."
         )
-    return probe
 
 
 def gather_by_position(trainer: pl.Trainer, probe: Probe, values: Tensor) -> Tensor:

@@ -67,7 +67,9 @@ def _check_same_input(basis: Tensor, world: int) -> None:
     probe = torch.stack([flat.new_tensor(float(basis.shape[0])), flat.sum(), flat.square().sum()])
     probes = [torch.empty_like(probe) for _ in range(world)]
     dist.all_gather(probes, probe)
-    if not all(torch.allclose(p, probes[0], rtol=1e-9, atol=0.0) for p in probes):
+    # equal_nan: a diverged network gives NaN on every rank alike, which is the same input.
+    same = (torch.allclose(p, probes[0], rtol=1e-9, atol=0.0, equal_nan=True) for p in probes)
+    if not all(same):
         raise ValueError(
             "HardConstraintMoE splits its experts over the ranks (expert_parallel="
             "'auto' with an initialised process group, or True), which needs the SAME basis on "
