@@ -89,16 +89,25 @@ class Setting:
     ddp: str | None = None
 
 
-def freeze_features(module: pl.LightningModule) -> None:
+BACKBONES = {"UserCNN": "features", "UserDictCNN": "features", "PDEModule": "trunk"}
+"""The submodule the frozen and compiled settings act on, per module class."""
+
+
+def backbone(module: pl.LightningModule) -> nn.Module:
+    return getattr(module, BACKBONES[type(module).__name__])
+
+
+def freeze_backbone(module: pl.LightningModule) -> None:
     """A frozen backbone, as users write it: eval mode, no gradients."""
-    module.features.eval()
-    module.features.requires_grad_(False)
+    backbone(module).eval()
+    backbone(module).requires_grad_(False)
 
 
-def compile_features(module: pl.LightningModule) -> None:
+def compile_backbone(module: pl.LightningModule) -> None:
     """``torch.compile`` on a submodule. ``aot_eager`` runs the AOTAutograd path every compile
     backend but ``"eager"`` takes, without inductor's minutes of C++ compilation on a CPU."""
-    module.features = torch.compile(module.features, backend="aot_eager")
+    name = BACKBONES[type(module).__name__]
+    setattr(module, name, torch.compile(getattr(module, name), backend="aot_eager"))
 
 
 SETTINGS: list[Setting] = [
@@ -123,9 +132,9 @@ SETTINGS: list[Setting] = [
         "frozen",
         "frozen BN backbone",
         model={"batch_norm": True, "dropout": 0.25},
-        prepare=freeze_features,
+        prepare=freeze_backbone,
     ),
-    Setting("compiled", "compiled submodule", prepare=compile_features),
+    Setting("compiled", "compiled submodule", prepare=compile_backbone),
     Setting("tensor-batch", "bare-tensor batch (`BoringModel`)", family="tensor"),
     Setting("dict-batch", "dict batch", family="dict"),
     Setting("per-token", "per-token targets (demo `Transformer`)", family="tokens"),
@@ -239,11 +248,11 @@ def _lanton(module: nn.Module) -> LANTON:
 
 _NO_OWN_DATA = "reads no data itself: Lightning's sampler decides what it trains on"
 _IN_THE_MODEL = "a layer of the user's network: batches do not reach it"
-_PDE_ONLY = {
-    name: _IN_THE_MODEL
-    for name in ("tensor-batch", "dict-batch", "per-token", "frozen", "compiled")
+_PDE_ONLY = dict.fromkeys(("tensor-batch", "dict-batch", "per-token"), _IN_THE_MODEL)
+_PDE_REFUSALS = {
+    "bf16-true": "PDEModule computes in float64 and cannot train with precision='bf16-true' "
+    "(its weights would be converted to 16 bits). Use the default '32-true' or '64-true'"
 }
-_PDE_REFUSALS = {"bf16-true": "PDEModule computes in float64"}
 _CLASSIFIER_LOSS_NA = {
     "tensor-batch": "a classification loss; BoringModel trains a regression",
     "per-token": "the demo Transformer returns log-probabilities, a StableMax loss needs logits",

@@ -139,9 +139,14 @@ REGISTRY: list[Entry] = [
             "plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]
         },
         expect_logged=("perp_grad/cos_w_g/",),
-        # fp16 activations of a half batch round differently from the full batch, and AdamW's
-        # eps=1e-25 turns tiny gradient differences into whole steps of size lr.
-        ddp_atol=5e-3,
+        # SGD, not the recipe's AdamW: its eps=1e-25 turns the rounding differences of fp16
+        # half-batch activations into whole steps of size lr, and the DDP trajectory drifts.
+        make_optimizer=lambda: functools.partial(torch.optim.SGD, lr=0.5),
+        # fp16 activations of a half batch still round differently from the full batch: the
+        # logged cosines (in [-1, 1]) agree to 1e-4 absolute.
+        ddp_atol=1e-3,
+        ddp_rtol=1e-3,
+        ddp_state_atol=1e-4,
     ),
     Entry(
         name="LANTON",

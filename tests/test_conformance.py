@@ -18,6 +18,7 @@ from conformance import (
     STEPS,
     Plugin,
     Setting,
+    backbone,
     build_family,
     compatibility_markdown,
     plugin_model_options,
@@ -138,15 +139,15 @@ def test_conformance(plugin: Plugin, setting: Setting, tmp_path: Path) -> None:
 
 def _frozen_state(module: pl.LightningModule) -> dict[str, Any]:
     return {
-        "modes": {name: m.training for name, m in module.features.named_modules()},
-        "state": parameters_of(module.features),  # weights and BatchNorm running statistics
+        "modes": {name: m.training for name, m in backbone(module).named_modules()},
+        "state": parameters_of(backbone(module)),  # weights and BatchNorm running statistics
     }
 
 
 def _assert_frozen(module: pl.LightningModule, before: dict[str, Any]) -> None:
-    modes = {name: m.training for name, m in module.features.named_modules()}
+    modes = {name: m.training for name, m in backbone(module).named_modules()}
     assert modes == before["modes"], "a submodule frozen in eval mode was put back in train mode"
-    after = parameters_of(module.features)
+    after = parameters_of(backbone(module))
     moved = [k for k in after if not torch.equal(after[k], before["state"][k])]
     assert not moved, f"the frozen backbone changed: {moved}"
 

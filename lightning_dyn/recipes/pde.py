@@ -304,8 +304,13 @@ class PDEModule(pl.LightningModule):
             r2 = pde_residual(self.problem, u.detach()).pow(2)
             shape, periodic = tuple(r2.shape[1:]), self.problem.periodic_x
             mask = interface_mask(shape, self.solver.partition, periodic).to(r2.device)
-            share = r2[:, mask].sum() / r2.sum().clamp_min(1e-300)
-            self.log(f"{stage}/interface_residual_share", share, batch_size=n, sync_dist=True)
+            # A ratio of sums over every rank's samples: the mean of per-rank ratios that
+            # sync_dist would log is not the share of the whole batch.
+            sums = torch.stack([r2[:, mask].sum(), r2.sum()])
+            if self._trainer is not None and self.trainer.world_size > 1:
+                sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            share = sums[0] / sums[1].clamp_min(1e-300)
+            self.log(f"{stage}/interface_residual_share", share, batch_size=n)
         if stage == "val" and self._figure_batch is None:
             self._figure_batch = (u[:1].detach(), u_ref[:1].to(torch.float64))
         return loss

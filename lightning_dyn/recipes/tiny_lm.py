@@ -4,7 +4,7 @@ The corpus is on every machine that runs Python, so the recipe needs no download
 package: the first ``max_chars`` characters of the standard library's ``.py`` files in a fixed
 order (see :func:`stdlib_corpus`). The model is a small nanoGPT-style decoder (karpathy/nanoGPT:
 pre-LN blocks, learned positions, tied embedding and head, no biases). At the default size (d=64,
-2 layers, context 64, batch 32) it is the CPU-scale setup of methods/layerwise-lr.md.
+2 layers, context 64, batch 32) it is a CPU-scale stand-in for the LANTON paper's GPT-2 runs.
 """
 
 from __future__ import annotations
