@@ -61,6 +61,19 @@ DIVERGE_AT_STEP = 2
 # --- settings ------------------------------------------------------------------------------------
 
 
+USER_FAMILIES = ("cnn", "tensor", "tokens")
+"""The families every model-agnostic setting runs on: a BatchNorm/dropout CNN, Lightning's
+``BoringModel`` and its demo ``Transformer``."""
+
+FAMILY_TITLES = {
+    "cnn": "the BN CNN",
+    "tensor": "`BoringModel`",
+    "tokens": "the demo `Transformer`",
+    "dict": "the dict-batch CNN",
+    "pde": "the PDE module",
+}
+
+
 @dataclass(frozen=True)
 class Setting:
     """One way users train.
@@ -68,33 +81,55 @@ class Setting:
     Args:
         name: column id.
         title: column header of ``docs/compatibility.md``.
-        family: the model family of ``user_models.py`` it runs on.
+        families: the model families of ``user_models.py`` it runs on.
         trainer: builds extra ``Trainer`` arguments (fresh plugin objects every run).
-        model: extra arguments of the family's module.
-        data: extra arguments of the family's data module.
+        model: family -> extra arguments of its module.
+        data: family -> extra arguments of its data module.
         prepare: changes the built module as a user would (freeze, compile).
         diverge: turn every parameter to NaN before step ``DIVERGE_AT_STEP``.
         ddp: ``"uneven"``: 2 processes on an odd dataset, learning rate 0 so that both runs
             measure the same parameters, the logged metrics compared with 1 process.
+        not_on: family -> why the setting cannot be built on it.
     """
 
     name: str
     title: str
-    family: str = "cnn"
+    families: tuple[str, ...] = USER_FAMILIES
     trainer: Callable[[], dict[str, Any]] = dict
-    model: Mapping[str, Any] = field(default_factory=dict)
-    data: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    data: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     prepare: Callable[[pl.LightningModule], None] | None = None
     diverge: bool = False
     ddp: str | None = None
+    not_on: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def any_model(self) -> bool:
+        """Whether the setting is about training, not about one kind of model or batch."""
+        return self.families == USER_FAMILIES
 
 
-BACKBONES = {"UserCNN": "features", "UserDictCNN": "features", "PDEModule": "trunk"}
+BACKBONES = {
+    "UserCNN": "features",
+    "UserDictCNN": "features",
+    "UserBoring": "layer",
+    "UserTransformer": "model.transformer.encoder",
+    "PDEModule": "trunk",
+}
 """The submodule the frozen and compiled settings act on, per module class."""
 
 
+def _owner_and_name(module: pl.LightningModule) -> tuple[nn.Module, str]:
+    *path, name = BACKBONES[type(module).__name__].split(".")
+    owner = module
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, name
+
+
 def backbone(module: pl.LightningModule) -> nn.Module:
-    return getattr(module, BACKBONES[type(module).__name__])
+    owner, name = _owner_and_name(module)
+    return getattr(owner, name)
 
 
 def freeze_backbone(module: pl.LightningModule) -> None:
@@ -106,8 +141,8 @@ def freeze_backbone(module: pl.LightningModule) -> None:
 def compile_backbone(module: pl.LightningModule) -> None:
     """``torch.compile`` on a submodule. ``aot_eager`` runs the AOTAutograd path every compile
     backend but ``"eager"`` takes, without inductor's minutes of C++ compilation on a CPU."""
-    name = BACKBONES[type(module).__name__]
-    setattr(module, name, torch.compile(getattr(module, name), backend="aot_eager"))
+    owner, name = _owner_and_name(module)
+    setattr(owner, name, torch.compile(getattr(owner, name), backend="aot_eager"))
 
 
 SETTINGS: list[Setting] = [
@@ -125,29 +160,29 @@ SETTINGS: list[Setting] = [
         "accumulate",
         "accumulate 2",
         trainer=lambda: {"accumulate_grad_batches": 2},
-        data={"batch_size": 24},
+        data={"cnn": {"batch_size": 24}, "tokens": {"batch_size": 8}, "pde": {"batch_size": 2}},
     ),
     Setting("clip", "clip 0.5", trainer=lambda: {"gradient_clip_val": 0.5}),
     Setting(
         "frozen",
-        "frozen BN backbone",
-        model={"batch_norm": True, "dropout": 0.25},
+        "frozen backbone in eval mode",
         prepare=freeze_backbone,
+        not_on={"tensor": "BoringModel has one layer: freezing it leaves nothing to train"},
     ),
     Setting("compiled", "compiled submodule", prepare=compile_backbone),
-    Setting("tensor-batch", "bare-tensor batch (`BoringModel`)", family="tensor"),
-    Setting("dict-batch", "dict batch", family="dict"),
-    Setting("per-token", "per-token targets (demo `Transformer`)", family="tokens"),
+    Setting("tensor-batch", "bare-tensor batches", families=("tensor",)),
+    Setting("dict-batch", "dict batches", families=("dict",)),
+    Setting("per-token", "per-token targets", families=("tokens",)),
     Setting("diverges", "diverges to NaN", diverge=True),
     Setting(
         "ddp-uneven",
         "2-process DDP, uneven shards",
-        model={"lr": 0.0},
-        data={"n": 47},
+        families=("cnn",),
+        model={"cnn": {"lr": 0.0, "batch_norm": False, "dropout": 0.0}},
+        data={"cnn": {"n": 47}},
         ddp="uneven",
     ),
 ]
-SETTING_NAMES = [s.name for s in SETTINGS]
 
 
 # --- families: the user's modules ----------------------------------------------------------------
@@ -170,14 +205,16 @@ def build_family(
     extra = {"optimizer": parts.optimizer}
     if family in ("cnn", "dict"):
         cls = UserCNN if family == "cnn" else UserDictCNN
-        module = cls(criterion=parts.criterion, **extra, **model)
+        # The CNN users bring: BatchNorm and dropout (DDP parity settings turn them off).
+        options = {"batch_norm": True, "dropout": 0.25, **model}
+        module = cls(criterion=parts.criterion, **extra, **options)
         return module, UserImageData(as_dict=family == "dict", **data)
     if family == "tensor":
         return UserBoring(**extra), None
     if family == "tokens":
-        return UserTransformer(**extra), TokenData()
+        return UserTransformer(**extra), TokenData(**data)
     if family == "pde":
-        return pde_pair(**model)
+        return pde_pair(**model, **data)
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -214,9 +251,11 @@ class Plugin:
         attach: ``family -> Parts``.
         keys: prefixes of the metric keys it must log in a working run.
         monitor: it follows the monitors' divergence policy (warns once, logs NaN).
-        family: the family of the settings that run on the default ``"cnn"``.
-        refused: setting -> a fragment of the message it refuses it with, at setup.
-        not_applicable: setting -> why the setting does not reach the plugin.
+        family: ``"pde"`` for plugins that live in a PDE model: the model-agnostic settings then
+            run on the PDE module instead of the user families.
+        refused: ``setting``, ``setting@family`` or ``@family`` -> a fragment of the message it
+            refuses the cell with, at setup.
+        not_applicable: keyed alike -> why the setting does not reach the plugin.
         ddp_rtol: relative tolerance of the DDP metric comparison.
         strategy: builds the plugin when it is a strategy: every setting then runs on 2
             processes under it.
@@ -226,18 +265,27 @@ class Plugin:
     attach: Callable[[str], Parts]
     keys: tuple[str, ...] = ()
     monitor: bool = False
-    family: str = "cnn"
+    family: str = "user"
     refused: Mapping[str, str] = field(default_factory=dict)
     not_applicable: Mapping[str, str] = field(default_factory=dict)
     ddp_rtol: float = 1e-4
     strategy: Callable[[], Any] | None = None
 
-    def outcome(self, setting: str) -> tuple[str, str]:
-        """``("works" | "refused" | "n/a", reason)`` declared for ``setting``."""
-        if setting in self.refused:
-            return "refused", self.refused[setting]
-        if setting in self.not_applicable:
-            return "n/a", self.not_applicable[setting]
+    def families(self, setting: Setting) -> tuple[str, ...]:
+        """The families the cell runs on."""
+        if self.family == "pde" and setting.any_model:
+            return ("pde",)
+        return setting.families
+
+    def outcome(self, setting: Setting, family: str) -> tuple[str, str]:
+        """``("works" | "refused" | "n/a", reason)`` declared for ``setting`` on ``family``."""
+        if family in setting.not_on:
+            return "n/a", setting.not_on[family]
+        for key in (f"{setting.name}@{family}", setting.name, f"@{family}"):
+            if key in self.refused:
+                return "refused", self.refused[key]
+            if key in self.not_applicable:
+                return "n/a", self.not_applicable[key]
         return "works", ""
 
 
@@ -254,8 +302,8 @@ _PDE_REFUSALS = {
     "(its weights would be converted to 16 bits). Use the default '32-true' or '64-true'"
 }
 _CLASSIFIER_LOSS_NA = {
-    "tensor-batch": "a classification loss; BoringModel trains a regression",
-    "per-token": "the demo Transformer returns log-probabilities, a StableMax loss needs logits",
+    "@tensor": "a classification loss; BoringModel trains a regression",
+    "@tokens": "the demo Transformer returns log-probabilities, a StableMax loss needs logits",
 }
 
 PLUGINS: list[Plugin] = [
@@ -373,12 +421,41 @@ def plugin_model_options(plugin: Plugin) -> dict[str, Any]:
     return {}
 
 
-CASES: list[tuple[Plugin, Setting]] = [(p, s) for p in PLUGINS for s in SETTINGS]
+CASES: list[tuple[Plugin, Setting, str]] = [
+    (plugin, setting, family)
+    for plugin in PLUGINS
+    for setting in SETTINGS
+    for family in plugin.families(setting)
+]
 
 
 # --- the document --------------------------------------------------------------------------------
 
 REGISTRY_COLUMNS = ("train", "second fit", "exact resume", "2-process DDP, metrics compared")
+
+
+def _cell(plugin: Plugin, setting: Setting, notes: dict[str, int]) -> str:
+    """One cell: "works" where it works on every family of the setting, else the exceptions."""
+    families = plugin.families(setting)
+    outcomes = {family: plugin.outcome(setting, family) for family in families}
+    if all(kind == "works" for kind, _ in outcomes.values()):
+        return "works"
+    parts = []
+    for (kind, reason), group in _grouped(outcomes).items():
+        if kind == "works":
+            parts.append("works on " + ", ".join(FAMILY_TITLES[f] for f in group))
+            continue
+        number = notes.setdefault(f"{kind}: {reason}", len(notes) + 1)
+        on = "" if len(families) == 1 else " on " + ", ".join(FAMILY_TITLES[f] for f in group)
+        parts.append(f"{kind}{on} [{number}]")
+    return "; ".join(parts)
+
+
+def _grouped(outcomes: dict[str, tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for family, outcome in outcomes.items():
+        grouped.setdefault(outcome, []).append(family)
+    return grouped
 
 
 def compatibility_markdown() -> str:
@@ -389,11 +466,14 @@ def compatibility_markdown() -> str:
         "",
         "Generated by `python tests/conformance.py > docs/compatibility.md` from the conformance",
         "registry (`tests/conformance.py`, `tests/harness.py`); `pytest` fails when this file is",
-        "out of date. Every cell is a test: **works** trains to the end in a real `Trainer` on a",
-        "model `lightning_dyn` did not write (a BatchNorm/dropout CNN, Lightning's `BoringModel`",
-        "and demo `Transformer`, a dict-batch CNN), logs the plugin's metrics and passes the",
-        "setting's own checks; **refused** stops at setup, before the first step, with the",
-        "reason and what to use instead; **n/a** says why the setting does not reach the plugin.",
+        "out of date. Every cell is tested on models `lightning_dyn` did not write: each setting",
+        "about training runs on a BatchNorm/dropout CNN, Lightning's `BoringModel` and its demo",
+        "`Transformer` (with the documented adapters), the batch-format settings on their own",
+        "model. **works**: trains to the end in a real `Trainer`, logs the plugin's metrics and",
+        "passes the setting's own checks (a frozen backbone keeps its mode and BatchNorm",
+        "statistics; a diverged run warns with the step and records NaN; uneven DDP shards give",
+        "the 1-process metrics); **refused**: stops at setup, before the first step, with the",
+        "reason and what to use instead; **n/a**: why the setting does not reach the plugin.",
         "",
         "The first four columns come from `tests/test_registry.py` (the package's own tiny models",
         "and a user CNN); the DDP column compares every logged metric of the 2-process run with",
@@ -406,12 +486,7 @@ def compatibility_markdown() -> str:
     for plugin in PLUGINS:
         cells = ["works" if plugin.name in registered else "—" for _ in REGISTRY_COLUMNS]
         for setting in SETTINGS:
-            kind, reason = plugin.outcome(setting.name)
-            if kind == "works":
-                cells.append("works")
-                continue
-            number = notes.setdefault(f"{kind}: {reason}", len(notes) + 1)
-            cells.append(f"{kind} [{number}]")
+            cells.append(_cell(plugin, setting, notes))
         lines.append(f"| `{plugin.name}` | " + " | ".join(cells) + " |")
     lines += ["", "Notes:", ""]
     lines += [f"{number}. {text}" for text, number in notes.items()]

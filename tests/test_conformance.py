@@ -43,8 +43,14 @@ def _marks(plugin: Plugin, setting: Setting) -> list[Any]:
 
 
 PARAMS = [
-    pytest.param(plugin, setting, id=f"{plugin.name}-{setting.name}", marks=_marks(plugin, setting))
-    for plugin, setting in CASES
+    pytest.param(
+        plugin,
+        setting,
+        family,
+        id=f"{plugin.name}-{setting.name}-{family}",
+        marks=_marks(plugin, setting),
+    )
+    for plugin, setting, family in CASES
 ]
 
 
@@ -58,14 +64,14 @@ class Diverge(pl.Callback):
                     p.fill_(math.nan)
 
 
-def build(plugin: Plugin, setting: Setting) -> tuple[pl.LightningModule, Any, list[pl.Callback]]:
+def build(
+    plugin: Plugin, setting: Setting, family: str
+) -> tuple[pl.LightningModule, Any, list[pl.Callback]]:
     """The user's module, data and callbacks for one cell, seeded alike every call."""
     pl.seed_everything(1234, verbose=False)
-    family = plugin.family if setting.family == "cnn" else setting.family
-    own = family == setting.family  # the setting's module/data options are for its family
     parts = plugin.attach(family)
-    model = {**(setting.model if own else {}), **plugin_model_options(plugin)}
-    module, data = build_family(family, parts, model, setting.data if own else {})
+    model = {**setting.model.get(family, {}), **plugin_model_options(plugin)}
+    module, data = build_family(family, parts, model, setting.data.get(family, {}))
     if parts.prepare is not None:
         parts.prepare(module)
     if setting.prepare is not None:
@@ -96,18 +102,18 @@ def test_compatibility_doc_is_up_to_date() -> None:
     )
 
 
-@pytest.mark.parametrize(("plugin", "setting"), PARAMS)
-def test_conformance(plugin: Plugin, setting: Setting, tmp_path: Path) -> None:
-    kind, reason = plugin.outcome(setting.name)
+@pytest.mark.parametrize(("plugin", "setting", "family"), PARAMS)
+def test_conformance(plugin: Plugin, setting: Setting, family: str, tmp_path: Path) -> None:
+    kind, reason = plugin.outcome(setting, family)
     if kind == "n/a":
         pytest.skip(f"n/a: {reason}")
     if setting.ddp:
-        _check_uneven_ddp(plugin, setting, tmp_path)
+        _check_uneven_ddp(plugin, setting, family, tmp_path)
         return
     if plugin.strategy is not None:
-        _check_under_strategy(plugin, setting, kind, reason, tmp_path)
+        _check_under_strategy(plugin, setting, family, kind, reason, tmp_path)
         return
-    module, data, callbacks = build(plugin, setting)
+    module, data, callbacks = build(plugin, setting, family)
     trainer_options = setting.trainer()
     if kind == "refused":
         trainer = quiet_trainer(tmp_path, STEPS, callbacks=callbacks, **trainer_options)
@@ -152,12 +158,12 @@ def _assert_frozen(module: pl.LightningModule, before: dict[str, Any]) -> None:
     assert not moved, f"the frozen backbone changed: {moved}"
 
 
-def _check_uneven_ddp(plugin: Plugin, setting: Setting, tmp_path: Path) -> None:
+def _check_uneven_ddp(plugin: Plugin, setting: Setting, family: str, tmp_path: Path) -> None:
     """2 processes on an odd dataset vs 1: at learning rate 0 both measure the same parameters,
     so every logged metric must agree, each probe example counted once."""
-    module, data, callbacks = build(plugin, setting)
+    module, data, callbacks = build(plugin, setting, family)
     single = fit(module, data, callbacks, tmp_path / "single")
-    module, data, callbacks = build(plugin, setting)
+    module, data, callbacks = build(plugin, setting, family)
     callbacks = [*callbacks, RankReport(tmp_path)]
     fit(module, data, callbacks, tmp_path / "ddp", strategy="ddp_spawn", devices=2)
     rank0, _ = read_rank_reports(tmp_path)
@@ -172,10 +178,10 @@ def _check_uneven_ddp(plugin: Plugin, setting: Setting, tmp_path: Path) -> None:
 
 
 def _check_under_strategy(
-    plugin: Plugin, setting: Setting, kind: str, reason: str, tmp_path: Path
+    plugin: Plugin, setting: Setting, family: str, kind: str, reason: str, tmp_path: Path
 ) -> None:
     """A strategy plugin: the setting on 2 processes under it; the ranks must end identical."""
-    module, data, callbacks = build(plugin, setting)
+    module, data, callbacks = build(plugin, setting, family)
     options = {"strategy": plugin.strategy(), "devices": 2, **setting.trainer()}
     if kind == "refused":
         # The workers raise at setup; the spawn launcher re-raises their traceback here.

@@ -190,11 +190,14 @@ class UserTransformer(LightningTransformer):
 class TokenData(pl.LightningDataModule):
     """``n`` random token sequences of length ``t``; the target of each token is its successor."""
 
-    def __init__(self, n: int = 16, t: int = 6, vocab_size: int = 11, seed: int = 0) -> None:
+    def __init__(
+        self, n: int = 16, t: int = 6, vocab_size: int = 11, seed: int = 0, batch_size: int = 16
+    ) -> None:
         super().__init__()
+        self.batch_size = batch_size
         gen = torch.Generator().manual_seed(seed)
         self.inputs = torch.randint(0, vocab_size, (n, t), generator=gen)
         self.targets = (self.inputs + 1) % vocab_size
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(self.inputs, self.targets), batch_size=len(self.inputs))
+        return DataLoader(TensorDataset(self.inputs, self.targets), batch_size=self.batch_size)

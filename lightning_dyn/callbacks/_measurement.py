@@ -10,6 +10,10 @@ Three rules every monitor follows (Lightning facts of a callback that runs forwa
 - **Every module's own mode.** :func:`probe_pass` puts the model in eval mode and gives each
   submodule back its own ``training`` flag afterwards (``functional.measuring``), not the root's:
   a submodule the user froze in eval mode (a BatchNorm backbone) stays frozen.
+- **Eager submodules.** Inside a monitor's pass every ``torch.compile``d submodule runs its
+  original eager module (the same parameters): AOTAutograd, behind every compile backend but
+  ``"eager"``, has no double backward, and hooks on modules inside a compiled region run only
+  while dynamo traces it. The compiled training step is untouched.
 - **Differentiable attention.** With ``differentiable=True`` (second derivatives, forward-mode
   AD), ``scaled_dot_product_attention`` is restricted to its math kernel: the fused CPU/GPU
   kernels that ``nn.MultiheadAttention`` and ``nn.Transformer`` pick have no double backward and
@@ -40,18 +44,32 @@ def training_batch(trainer: pl.Trainer, batch: Any) -> Any:
 
 @contextlib.contextmanager
 def probe_pass(model: nn.Module, differentiable: bool = False) -> Iterator[nn.Module]:
-    """Eval mode for a monitor's pass, each submodule's own mode restored after (see above)."""
+    """Eval mode and eager submodules for a monitor's pass, all restored after (see above)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(measuring(model))
+        stack.enter_context(eager_submodules(model))
         if differentiable:
             stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         yield model
 
 
-def compiled_submodules(model: nn.Module) -> list[str]:
-    """Names of the submodules wrapped by ``torch.compile`` (``OptimizedModule``), root included."""
-    return [
-        name or "<root>"
-        for name, module in model.named_modules()
-        if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod")
-    ]
+def _is_compiled(module: nn.Module) -> bool:
+    return type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod")
+
+
+@contextlib.contextmanager
+def eager_submodules(model: nn.Module) -> Iterator[nn.Module]:
+    """Every ``torch.compile``d submodule replaced by its eager original, put back after."""
+    modules = dict(model.named_modules())
+    swaps = []
+    for name, module in modules.items():
+        if name and _is_compiled(module):
+            parent_name, _, child = name.rpartition(".")
+            swaps.append((modules[parent_name] if parent_name else model, child, module))
+    for parent, child, module in swaps:
+        parent._modules[child] = module._orig_mod
+    try:
+        yield model
+    finally:
+        for parent, child, module in reversed(swaps):
+            parent._modules[child] = module

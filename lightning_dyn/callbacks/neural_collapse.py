@@ -254,7 +254,9 @@ class NeuralCollapseMonitor(pl.Callback):
             raise ValueError(f"the {self.dataloader} dataloader yielded no batch to measure.")
         stats, mismatches, count = metric.unpack(metric.compute())
         # compute() synchronised the ranks: every rank takes the same branch here.
-        if not self._guard.all_finite(trainer, [stats.sums, stats.second_moment], synced=True):
+        # The head's weights are the same on every rank too.
+        checked = [stats.sums, stats.second_moment, head.weight.detach(), head.bias]
+        if not self._guard.all_finite(trainer, checked, synced=True):
             return nan_metrics(NC_METRICS), None
         means = class_means(stats)
         if self.nc4 == "second_pass":

@@ -128,6 +128,17 @@ class PerpGrad(pl.Callback):
         interval = self.log_every_n_steps or trainer.log_every_n_steps
         return trainer.logger is not None and (trainer.global_step + 1) % max(interval, 1) == 0
 
+    @staticmethod
+    def _skipped_by_scaler(trainer: pl.Trainer, params: list[nn.Parameter]) -> bool:
+        """Whether a GradScaler will skip this step: its unscaled gradients hold inf/NaN.
+
+        That is the scaler calibrating its scale, not a divergence: nothing is logged for a step
+        that does not happen.
+        """
+        if getattr(trainer.precision_plugin, "scaler", None) is None:
+            return False
+        return not bool(torch.stack([p.grad.isfinite().all() for p in params]).all())
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -135,7 +146,7 @@ class PerpGrad(pl.Callback):
         if not selected:
             return
         params = [p for _, p in selected]
-        if self._should_log(trainer):
+        if self._should_log(trainer) and not self._skipped_by_scaler(trainer, params):
             # Gradients are already averaged over ranks and parameters are identical, so every
             # rank computes the same cosines: no sync needed.
             cosines = nlm_cosines(params).tolist()

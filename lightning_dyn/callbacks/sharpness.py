@@ -15,7 +15,7 @@ from lightning_dyn._checks import check_bool, check_callable, check_choice, chec
 from lightning_dyn.callbacks._adapters import NAMED_LOSSES, HessianLossFn, LossOfFirstInput
 from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
 from lightning_dyn.callbacks._intervals import due_at_step
-from lightning_dyn.callbacks._measurement import compiled_submodules, probe_pass
+from lightning_dyn.callbacks._measurement import probe_pass
 from lightning_dyn.callbacks._optimizer_scaling import optimizer_scaling
 from lightning_dyn.callbacks._probe import Probe, build_probe, take
 from lightning_dyn.functional.hvp import HessianOperator
@@ -26,7 +26,7 @@ from lightning_dyn.functional.lanczos import (
 )
 from lightning_dyn.loggers import log_figure
 
-HVP_METHODS = ("auto", "double_backward", "forward_over_reverse")
+HVP_METHODS = ("double_backward", "forward_over_reverse")
 
 
 class SharpnessMonitor(pl.Callback):
@@ -36,7 +36,8 @@ class SharpnessMonitor(pl.Callback):
     ``λ_max(H)`` rises until it reaches the optimiser's stability threshold (``2/η`` for SGD)
     and hovers there (the edge of stability). Every ``every_n_steps`` optimizer steps, in
     ``on_train_batch_end`` (a training hook: never under ``inference_mode``), on the eager
-    LightningModule (not the DDP wrapper), in eval mode with autocast off and attention on its
+    LightningModule (not the DDP wrapper) with every ``torch.compile``d submodule run eager
+    (AOTAutograd has no double backward), in eval mode with autocast off and attention on its
     math kernel (the fused ``scaled_dot_product_attention`` kernels have no second derivatives),
     without touching ``.grad`` and restoring every module's mode afterwards, this callback logs
     under ``sharpness/``:
@@ -78,12 +79,8 @@ class SharpnessMonitor(pl.Callback):
         trace_samples: Hutchinson probes for the trace; 0 skips it.
         density_steps: Lanczos steps per vector of the spectral density; 0 skips it.
         density_vectors: random start vectors of the spectral density.
-        method: ``"double_backward"``, ``"forward_over_reverse"`` (``torch.func``; fails on
-            modules that mutate buffers in the forward pass even in eval mode) or ``"auto"``:
-            ``"forward_over_reverse"`` when the module holds ``torch.compile``d submodules
-            (AOTAutograd, behind every compile backend but ``"eager"``, has no double
-            backward), else ``"double_backward"``. ``"double_backward"`` with compiled
-            submodules is refused at ``on_fit_start``.
+        method: ``"double_backward"`` or ``"forward_over_reverse"`` (``torch.func``; fails on
+            modules that mutate buffers in the forward pass even in eval mode).
         keep_graph: reuse the probe's gradient graph across the Hessian-vector products of one
             measurement (``"double_backward"`` only): about half the time per product, for the
             memory of the probe's autograd graph, freed after the measurement.
@@ -112,7 +109,7 @@ class SharpnessMonitor(pl.Callback):
         trace_samples: int = 0,
         density_steps: int = 0,
         density_vectors: int = 4,
-        method: str = "auto",
+        method: str = "double_backward",
         keep_graph: bool = True,
         warm_start: bool = True,
         loss_fn: HessianLossFn | str = "cross_entropy",
@@ -149,8 +146,8 @@ class SharpnessMonitor(pl.Callback):
         self.n_eigs, self.tol, self.max_iter, self.smallest = n_eigs, tol, max_iter, smallest
         self.trace_samples, self.density_steps = trace_samples, density_steps
         self.density_vectors, self.method, self.loss_fn = density_vectors, method, loss_fn
-        self.keep_graph, self.warm_start = keep_graph, warm_start
-        self._method = method  # resolved at on_fit_start
+        self.keep_graph = keep_graph and method == "double_backward"
+        self.warm_start = warm_start
         self.batch_size, self.seed = batch_size, seed
         self._probe: Probe | None = None
         self._warm: dict[str, Tensor] = {}  # previous top eigenvectors, for warm starts
@@ -165,18 +162,6 @@ class SharpnessMonitor(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._probe = None  # a new fit may bring new data
         self._guard.start_fit()
-        compiled = compiled_submodules(pl_module)
-        if compiled and self.method == "double_backward":
-            raise ValueError(
-                f"SharpnessMonitor(method='double_backward') cannot differentiate twice through "
-                f"the torch.compile'd submodule(s) {compiled[:4]}: AOTAutograd, which every "
-                "compile backend but 'eager' uses, has no double backward. Use "
-                "method='forward_over_reverse' (or the default 'auto'), which measures them "
-                "with torch.func."
-            )
-        self._method = self.method
-        if self.method == "auto":
-            self._method = "forward_over_reverse" if compiled else "double_backward"
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Drawn here, where the training loader exists: a probe that cannot work fails at once.
@@ -191,16 +176,27 @@ class SharpnessMonitor(pl.Callback):
         self._last_step = step
         if torch.is_inference_mode_enabled():
             raise RuntimeError("SharpnessMonitor cannot differentiate under inference_mode.")
+        # Replicated weights: every rank reaches the same verdict. (A loss quadratic in the
+        # weights has a finite Hessian even at NaN weights; the run has diverged all the same.)
+        weights = [p.detach() for p in pl_module.parameters() if p.requires_grad]
+        if not self._guard.all_finite(trainer, weights, synced=True):
+            metrics = nan_metrics(self._scalar_keys())
+        else:
+            metrics = self._measure_guarded(trainer, pl_module)
+        for key, value in metrics.items():
+            pl_module.log(f"sharpness/{key}", value, on_step=True, on_epoch=False)
+
+    def _measure_guarded(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> dict[str, float]:
         with torch.enable_grad(), probe_pass(pl_module, differentiable=True):
             try:
-                metrics = self._measure(trainer, pl_module)
+                return self._measure(trainer, pl_module)
             except FloatingPointError:
                 # Raised by the Lanczos routines on a non-finite product: the products are
                 # all-reduced, so every rank raises at the same product and none is left waiting.
                 self._guard.record(trainer, "non-finite Hessian-vector products")
-                metrics = nan_metrics(self._scalar_keys())
-        for key, value in metrics.items():
-            pl_module.log(f"sharpness/{key}", value, on_step=True, on_epoch=False)
+                return nan_metrics(self._scalar_keys())
 
     # --- measurement ----------------------------------------------------------------------------
 
@@ -211,9 +207,8 @@ class SharpnessMonitor(pl.Callback):
             take(probe.batch, torch.arange(start, min(start + self.batch_size, n_local)))
             for start in range(0, n_local, self.batch_size)
         ]
-        keep_graph = self.keep_graph and self._method == "double_backward"
         return HessianOperator(
-            pl_module, self.loss_fn, chunks, method=self._method, keep_graph=keep_graph
+            pl_module, self.loss_fn, chunks, method=self.method, keep_graph=self.keep_graph
         )
 
     def _scalar_keys(self) -> list[str]:
