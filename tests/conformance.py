@@ -443,7 +443,7 @@ def _cell(plugin: Plugin, setting: Setting, notes: dict[str, int]) -> str:
     parts = []
     for (kind, reason), group in _grouped(outcomes).items():
         if kind == "works":
-            parts.append("works on " + ", ".join(FAMILY_TITLES[f] for f in group))
+            parts.insert(0, "works")  # on the families no exception names
             continue
         number = notes.setdefault(f"{kind}: {reason}", len(notes) + 1)
         on = "" if len(families) == 1 else " on " + ", ".join(FAMILY_TITLES[f] for f in group)
