@@ -1,12 +1,14 @@
 """How a monitor runs its own passes over probe data: as training runs them, and changing nothing.
 
-Three rules every monitor follows (Lightning facts of a callback that runs forward passes):
+Four rules every monitor follows (Lightning facts of a callback that runs forward passes):
 
 - **The training's precision.** Under ``precision="64-true"`` or ``"bf16-true"`` the parameters
   are float64 / bfloat16, so probe inputs must be converted as Lightning converts a training
   batch: :func:`training_batch` applies the precision plugin's ``convert_input``, the module's
   ``on_before_batch_transfer`` hook and the strategy's ``batch_to_device`` (which runs
-  ``transfer_batch_to_device`` and ``on_after_batch_transfer``), in Lightning's order.
+  ``transfer_batch_to_device`` and ``on_after_batch_transfer``), in Lightning's order. Mixed
+  precision (``bf16-mixed``, ``16-mixed``) leaves the weights in float32 and the monitors' own
+  passes run outside autocast, in float32: a measurement, not a training step.
 - **Every module's own mode.** :func:`probe_pass` puts the model in eval mode and gives each
   submodule back its own ``training`` flag afterwards (``functional.measuring``), not the root's:
   a submodule the user froze in eval mode (a BatchNorm backbone) stays frozen.
