@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.strategies import Strategy
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from user_models import UserCNN, UserImageData
 
@@ -77,6 +78,8 @@ class Entry:
             do not apply then.
         make_ddp_strategy: builds the 2-process strategy of the DDP test; default
             ``"ddp_spawn"``.
+        fsdp_refused: a fragment of the message the entry refuses FSDP2 with at setup, or
+            ``""`` when it must train sharded to the 1-process numbers (``test_sharded.py``).
     """
 
     name: str
@@ -94,6 +97,7 @@ class Entry:
     ddp_state_atol: float = 0.0
     make_module_and_data: Callable[[], tuple[pl.LightningModule, Any]] | None = None
     make_ddp_strategy: Callable[[], Any] | None = None
+    fsdp_refused: str = ""
 
     @property
     def id(self) -> str:
@@ -408,7 +412,13 @@ def checkpoint_every(n_steps: int, dirpath: Path) -> ModelCheckpoint:
 
 
 def parameters_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    """The module's state, sharded (FSDP2 ``DTensor``) entries gathered into whole tensors."""
+    return {k: whole(v).detach().clone() for k, v in module.state_dict().items()}
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """A ``DTensor``'s whole tensor (a collective: every rank must call it), else ``t``."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def callback_states(trainer: pl.Trainer) -> dict[str, Any]:
@@ -461,7 +471,7 @@ class RankReport(pl.Callback):
         self.trace: list[tuple[float, float]] = []
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_) -> None:
-        flat = torch.cat([p.detach().flatten().double() for p in pl_module.parameters()])
+        flat = torch.cat([whole(p.detach()).flatten().double() for p in pl_module.parameters()])
         self.trace.append((float(flat.sum()), float(flat.norm())))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -29,7 +29,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_dyn.functional.hvp import measuring
@@ -75,3 +77,43 @@ def eager_submodules(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for parent, child, module in reversed(swaps):
             parent._modules[child] = module
+
+
+def whole(t: Tensor | None) -> Tensor | None:
+    """A parameter as one tensor: an FSDP2 shard (``DTensor``) gathered (a collective: every rank
+    calls it), anything else as it is; detached."""
+    if t is None:
+        return None
+    return (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``module``'s parameters are FSDP2 shards (``DTensor``)."""
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def probe_gradients(
+    module: nn.Module, loss: Tensor, params: list[Tensor]
+) -> tuple[list[Tensor | None], bool]:
+    """``∂loss/∂params`` of a monitor's probe loss, leaving every ``.grad`` as it was.
+
+    Returns the gradients and whether they are already reduced over the ranks. Without sharding
+    this is ``torch.autograd.grad``: this rank's gradient, not reduced. Under FSDP2 the sharded
+    parameters are not in the autograd graph (FSDP's hooks reduce-scatter the gradient of the
+    gathered weights into ``.grad``), so the loss is back-propagated with every parameter's
+    ``.grad`` set aside and put back after: the result is the average over the ranks of each
+    rank's gradient, sharded like the parameters. Every rank must call this, once per call on
+    the others (the backward is a collective).
+    """
+    if not is_sharded(module):
+        return list(torch.autograd.grad(loss, params, allow_unused=True)), False
+    every = list(module.parameters())
+    saved = [p.grad for p in every]
+    for p in every:
+        p.grad = None
+    try:
+        loss.backward()
+        return [p.grad for p in params], True
+    finally:
+        for p, grad in zip(every, saved, strict=True):
+            p.grad = grad

@@ -18,7 +18,7 @@ from lightning_dyn.callbacks._adapters import (
 )
 from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
 from lightning_dyn.callbacks._features import FeatureCapture, last_linear_name
-from lightning_dyn.callbacks._measurement import probe_pass, training_batch
+from lightning_dyn.callbacks._measurement import probe_pass, training_batch, whole
 from lightning_dyn.callbacks._probe import batch_length, unpadded_length
 from lightning_dyn.functional.neural_collapse import (
     NC_TARGETS,
@@ -199,10 +199,9 @@ class NeuralCollapseMonitor(pl.Callback):
             if remaining is None:
                 yield training_batch(trainer, batch), size
                 continue
-            # A rank whose real examples are used up still runs its padded batch (counting
-            # none of it): the statistics then exist on every rank for the reduction.
-            if remaining <= 0 and index > 0:
-                return
+            # A rank whose real examples are used up still runs its padded batches, counting
+            # none of them: every rank makes the same forward passes (FSDP all-gathers weights in
+            # each) and has statistics for the reduction.
             yield training_batch(trainer, batch), max(0, min(size, remaining))
             remaining -= size
 
@@ -255,7 +254,8 @@ class NeuralCollapseMonitor(pl.Callback):
         stats, mismatches, count = metric.unpack(metric.compute())
         # compute() synchronised the ranks: every rank takes the same branch here.
         # The head's weights are the same on every rank too.
-        checked = [stats.sums, stats.second_moment, head.weight.detach(), head.bias]
+        weight, bias = whole(head.weight), whole(head.bias)  # FSDP2 shards gathered
+        checked = [stats.sums, stats.second_moment, weight, bias]
         if not self._guard.all_finite(trainer, checked, synced=True):
             return nan_metrics(NC_METRICS), None
         means = class_means(stats)
@@ -265,10 +265,7 @@ class NeuralCollapseMonitor(pl.Callback):
                 features, logits, _ = self._features(pl_module, batch, count)
                 second.update_nc4(features, logits, means)
             _, mismatches, count = second.unpack(second.compute())
-        bias = head.bias.detach() if head.bias is not None else None
-        metrics = neural_collapse_metrics(
-            stats, head.weight.detach(), bias, target=self._target(stats)
-        )
+        metrics = neural_collapse_metrics(stats, weight, bias, target=self._target(stats))
         if self.nc4 == "second_pass" or lagged:
             metrics["nc4"] = nc4(int(mismatches), int(count))
         self._previous_means = means.detach().cpu()

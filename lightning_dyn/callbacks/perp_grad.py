@@ -80,10 +80,9 @@ class PerpGrad(pl.Callback):
     def state_key(self) -> str:
         return self._generate_state_key(mode=self.mode, rescale=self.rescale)
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._names = {id(p): name for name, p in pl_module.named_parameters()}
-
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, not in setup: configure_model (FSDP's fully_shard) may replace the parameters.
+        self._names = {id(p): name for name, p in pl_module.named_parameters()}
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         for optimizer in trainer.optimizers:
             if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):

@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from lightning_dyn._checks import check_callable, check_choice, check_positive_int
 from lightning_dyn.callbacks._adapters import (
@@ -18,7 +19,7 @@ from lightning_dyn.callbacks._adapters import (
 )
 from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
 from lightning_dyn.callbacks._intervals import due_at_step
-from lightning_dyn.callbacks._measurement import probe_pass
+from lightning_dyn.callbacks._measurement import probe_gradients, probe_pass
 from lightning_dyn.callbacks._probe import Probe, build_probe
 from lightning_dyn.functional.classification_losses import classification_loss
 from lightning_dyn.functional.perp_grad import nlm_cosines
@@ -37,7 +38,8 @@ class SoftmaxCollapseMonitor(pl.Callback):
     first ``probe_size`` examples of the training set by index, drawn at ``on_train_start`` and
     converted to the training precision. Each DDP rank takes every ``world_size``-th of them;
     counts and the probe loss's gradient are summed over ranks, so the metrics are those of the
-    whole probe, each example counted once. The pass runs in eval mode without changing any
+    whole probe, each example counted once (under FSDP2 the gradient is reduced by FSDP itself
+    and the cosines are computed on the shards). The pass runs in eval mode without changing any
     ``.grad``, and every submodule gets its own mode back afterwards. Per-token targets
     (language models: logits ``(N, T, K)``, targets ``(N, T)``) count each position, leaving out
     targets of -100. Logs, under ``softmax_collapse/``:
@@ -127,7 +129,7 @@ class SoftmaxCollapseMonitor(pl.Callback):
             # see the scale).
             scores = logits.to(self.dtype) if self.dtype else logits
             loss = loss_fn(scores, targets, reduction="sum")
-            grads = torch.autograd.grad(loss, [p for _, p in weights], allow_unused=True)
+            grads, reduced = probe_gradients(pl_module, loss, [p for _, p in weights])
         logits = logits.detach()
         # The normaliser the loss exponentiates: the logits, or StableMax's log s(z).
         if self.loss == "softmax":
@@ -146,7 +148,7 @@ class SoftmaxCollapseMonitor(pl.Callback):
         local_max = logits.max().float() if logits.numel() else logits.new_tensor(-math.inf).float()
         max_logit = trainer.strategy.reduce(local_max, reduce_op="max")
         measured = [(k, p, g) for (k, p), g in zip(weights, grads, strict=True) if g is not None]
-        if trainer.world_size > 1 and measured:
+        if trainer.world_size > 1 and measured and not reduced:
             flat = torch.cat([g.reshape(-1).float() for _, _, g in measured])
             flat = trainer.strategy.reduce(flat, reduce_op="sum")
             pieces = flat.split([g.numel() for _, _, g in measured])
@@ -154,9 +156,7 @@ class SoftmaxCollapseMonitor(pl.Callback):
                 (k, p, x.view_as(g).to(g.dtype))
                 for (k, p, g), x in zip(measured, pieces, strict=True)
             ]
-        grad_norm = (
-            torch.stack([g.float().norm() for _, _, g in measured]).sum() if measured else 0.0
-        )
+        grad_norm = torch.stack([_norm(g) for _, _, g in measured]).sum() if measured else 0.0
         if not self._guard.all_finite(trainer, [sums, max_logit, grad_norm], synced=True):
             return nan_metrics(("sc_fraction", "zero_loss_fraction", "max_logit"))
         metrics = {
@@ -166,7 +166,7 @@ class SoftmaxCollapseMonitor(pl.Callback):
         }
         cosines = nlm_cosines([_with_grad(p, g) for _, p, g in measured]).tolist()
         for (name, p, _), cosine in zip(measured, cosines, strict=True):
-            metrics[f"weight_norm/{name}"] = float(p.detach().float().norm())
+            metrics[f"weight_norm/{name}"] = float(_norm(p.detach()))
             metrics[f"cos_w_g/{name}"] = cosine
         return metrics
 
@@ -176,6 +176,12 @@ class SoftmaxCollapseMonitor(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = state_dict["last_step"]
         self._guard.load_state_dict(state_dict)
+
+
+def _norm(t: Tensor) -> Tensor:
+    """The float32 norm of a tensor, or of the whole tensor an FSDP2 shard belongs to."""
+    norm = t.float().norm()
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
 def _with_grad(param: Tensor, grad: Tensor) -> Tensor:

@@ -20,6 +20,11 @@ Vectorisation: tensors of at most ``SMALL_TENSOR_NUMEL`` elements are flattened 
 (device, dtype), so a model's many biases and norm scales cost a handful of kernel launches in
 all; larger tensors are handled one at a time, where launch overhead is small next to the work and
 no model-sized copy is made (the flat vectors of a float32 tensor are views, not copies).
+
+Sharded parameters (``DTensor``, as FSDP2's ``fully_shard`` makes them): every rank works on its
+local shard and the per-tensor dot products are all-reduced over the mesh dimensions the tensor
+is sharded on (replicated dimensions hold copies and are not summed). No parameter or gradient
+is gathered: each bucket costs one all-reduce of a few scalars per tensor, two with ``rescale``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from lightning_dyn._checks import check_choice
 
@@ -59,7 +66,17 @@ class _Bucket:
         indices: Position of each tensor in the caller's sequence.
     """
 
-    def __init__(self, params: list[Tensor], grads: list[Tensor], indices: list[int]) -> None:
+    def __init__(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        indices: list[int],
+        groups: tuple[dist.ProcessGroup, ...] = (),
+    ) -> None:
+        self.groups = groups  # sum local dot products over these (DTensor shards)
+        whole = [p.numel() for p in params]  # DTensor.numel() is the whole tensor's
+        self.total_numel = sum(whole)
+        params, grads = [_local(p) for p in params], [_local(g) for g in grads]
         self.grads = grads
         self.indices = indices
         self.sizes = [p.numel() for p in params]
@@ -74,14 +91,24 @@ class _Bucket:
         # One big tensor whose flat gradient is already .grad itself (a view, same dtype): it is
         # projected in place, without the copies (see _project_in_place_).
         self.in_place = (
-            len(params) == 1
+            not groups
+            and len(params) == 1
             and self.sizes[0] > 1
             and self.g.data_ptr() == grads[0].data_ptr()
             and self.g.dtype == grads[0].dtype
         )
+        # Whole-tensor sizes, for _perp_factor's one-element test (the local ones unless sharded).
+        self.numels = torch.tensor(whole, device=self.w.device) if groups else self.lengths
 
-    def dots(self, a: Tensor, b: Tensor) -> Tensor:
-        """Per-tensor dot products of flat ``(numel,)`` vectors, as a float64 ``(n_tensors,)``."""
+    def dots(self, *pairs: tuple[Tensor, Tensor]) -> Tensor:
+        """Per-tensor dot products of flat ``(numel,)`` vectors, float64 ``(len(pairs), n)``,
+        summed over the ranks holding shards of the tensors (one all-reduce for all pairs)."""
+        local = torch.stack([self._local_dots(a, b) for a, b in pairs])
+        for group in self.groups:
+            dist.all_reduce(local, group=group)
+        return local
+
+    def _local_dots(self, a: Tensor, b: Tensor) -> Tensor:
         if isinstance(self.lengths, int):
             return torch.dot(a, b).double().reshape(1)
         # unsafe=True skips a validation that reads the lengths back to the host (a device sync);
@@ -102,6 +129,25 @@ class _Bucket:
         torch._foreach_copy_(self.grads, shaped)
 
 
+def _local(t: Tensor) -> Tensor:
+    """This rank's shard of a ``DTensor`` (the tensor itself otherwise), sharing its storage."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _shard_groups(t: Tensor) -> tuple[dist.ProcessGroup, ...]:
+    """The process groups over which ``t``'s local shards add up to the whole tensor."""
+    if not isinstance(t, DTensor):
+        return ()
+    placements = t.placements
+    if any(p.is_partial() for p in placements):
+        raise ValueError(
+            "⊥Grad needs reduced gradients; got a DTensor with a Partial placement "
+            f"{placements}: call it after the gradient reduction (on_before_optimizer_step)."
+        )
+    mesh = t.device_mesh
+    return tuple(mesh.get_group(d) for d, p in enumerate(placements) if p.is_shard())
+
+
 def _flat_cat(tensors: list[Tensor]) -> Tensor:
     if len(tensors) == 1:
         return tensors[0].reshape(-1)
@@ -110,7 +156,7 @@ def _flat_cat(tensors: list[Tensor]) -> Tensor:
 
 def _buckets(params: Iterable[Tensor]) -> list[_Bucket]:
     """Bucket the tensors that have a gradient; see the module docstring for the layout."""
-    small: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor], list[int]]] = {}
+    small: dict[tuple, tuple[list[Tensor], list[Tensor], list[int], tuple]] = {}
     buckets = []
     for i, p in enumerate(params):
         grad = p.grad
@@ -121,10 +167,17 @@ def _buckets(params: Iterable[Tensor]) -> list[_Bucket]:
                 f"⊥Grad and NLM cosines need dense gradients, got layout={grad.layout} for the "
                 f"tensor of shape {tuple(p.shape)} at position {i}"
             )
+        groups = _shard_groups(p)
+        if _shard_groups(grad) != groups:
+            raise ValueError(
+                f"the gradient of the tensor at position {i} is sharded differently from the "
+                "tensor itself; ⊥Grad needs both laid out alike (as FSDP makes them)."
+            )
         if p.numel() > SMALL_TENSOR_NUMEL:
-            buckets.append(_Bucket([p], [grad], [i]))
+            buckets.append(_Bucket([p], [grad], [i], groups))
         else:
-            members, grads, indices = small.setdefault((p.device, p.dtype), ([], [], []))
+            key = (p.device, p.dtype, tuple(id(g) for g in groups))
+            members, grads, indices, _ = small.setdefault(key, ([], [], [], groups))
             members.append(p)
             grads.append(grad)
             indices.append(i)
@@ -176,7 +229,7 @@ def _project_in_place_(w: Tensor, g: Tensor, rescale: bool, eps: float) -> None:
 
 def _bucket_cosines(b: _Bucket, eps: float) -> Tensor:
     """Per-tensor ``cos(w, -g)``; 0 (not NaN) when either vector is 0."""
-    wg, ww, gg = b.dots(b.w, b.g), b.dots(b.w, b.w), b.dots(b.g, b.g)
+    wg, ww, gg = b.dots((b.w, b.g), (b.w, b.w), (b.g, b.g))
     return -wg / (ww.sqrt() * gg.sqrt()).clamp_min(eps)
 
 
@@ -223,28 +276,27 @@ def perp_grad_(
             if b.in_place:
                 _project_in_place_(b.w, b.g, rescale, eps)
                 continue
-            ww = b.dots(b.w, b.w)
-            coef = b.dots(b.w, b.g) / (ww + eps)  # Eq. 12, one tensor at a time
+            ww, wg, gg = b.dots((b.w, b.w), (b.w, b.g), (b.g, b.g))
+            coef = wg / (ww + eps)  # Eq. 12, one tensor at a time
             g_perp = b.g - b.expand(coef) * b.w
             ratio = None
             if rescale:
-                ratio = _norm_ratio(b.dots(b.g, b.g), b.dots(g_perp, g_perp), eps)
-            g_perp *= b.expand(_perp_factor(ww, b.lengths, ratio))
+                ratio = _norm_ratio(gg, b.dots((g_perp, g_perp))[0], eps)
+            g_perp *= b.expand(_perp_factor(ww, b.numels, ratio))
             b.write_grads(g_perp)
         return
     if not buckets:
         return
     device = buckets[0].w.device
-    wg = _total([b.dots(b.w, b.g) for b in buckets], device)
-    ww = _total([b.dots(b.w, b.w) for b in buckets], device)
+    sums = [b.dots((b.w, b.g), (b.w, b.w), (b.g, b.g)).sum(dim=1) for b in buckets]
+    wg, ww, gg = (_total([s[k] for s in sums], device) for k in range(3))
     coef = wg / (ww + eps)  # Eq. 12 of arXiv 2501.04697
     g_perps = [b.g - b.expand(coef) * b.w for b in buckets]
     ratio = None
     if rescale:
-        gg = _total([b.dots(b.g, b.g) for b in buckets], device)
-        pp = _total([b.dots(g, g) for b, g in zip(buckets, g_perps, strict=True)], device)
+        pp = _total([b.dots((g, g)) for b, g in zip(buckets, g_perps, strict=True)], device)
         ratio = _norm_ratio(gg, pp, eps)
-    factor = _perp_factor(ww, sum(b.w.numel() for b in buckets), ratio)
+    factor = _perp_factor(ww, sum(b.total_numel for b in buckets), ratio)
     for b, g in zip(buckets, g_perps, strict=True):
         g *= b.expand(factor)
         b.write_grads(g)
@@ -265,7 +317,8 @@ def nlm_cosine(param: Tensor, grad: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     Returns:
         A 0-dim float64 tensor on ``param``'s device.
     """
-    return _bucket_cosines(_Bucket([param], [grad.to(param.device)], [0]), eps)[0]
+    bucket = _Bucket([param], [grad.to(param.device)], [0], _shard_groups(param))
+    return _bucket_cosines(bucket, eps)[0]
 
 
 @torch.no_grad()

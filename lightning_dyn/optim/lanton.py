@@ -13,6 +13,11 @@ docs/methods/lanton.md): the learning-rate factor
 layer of a group keeps the group's learning rate, noisier layers get less; ``alpha`` makes the
 rule invariant to the gradient scale), with ``power = 1/2`` by default. ``adaptive=False`` sets
 ``f_ℓ = 1``: the optimizer is then plain Muon (spectral groups) / Signum (sign groups) / AdamW.
+
+Under FSDP2 (``DTensor`` parameters) the state is sharded like the parameters (``DTensor``s, saved
+and restored by distributed checkpointing), elementwise work runs on each rank's rows, and the
+whole-matrix steps, the spectral LMO and every dual norm of the noise estimate, run on one owner
+rank per matrix (``optim._sharded``): the update is the one of unsharded training.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from lightning_dyn._checks import (
     check_bool,
@@ -40,6 +46,7 @@ from lightning_dyn.functional.lmo import (
     spectral_dual_norm,
     spectral_lmo,
 )
+from lightning_dyn.optim._sharded import ShardedMatrices, is_sharded, local
 
 LMOS = ("spectral", "sign", "adamw")
 BOOKKEEPING_KEYS = ("params", "param_names", "name")
@@ -282,7 +289,44 @@ class LANTON(torch.optim.Optimizer):
                     )
         return members
 
-    def _update_noise(self) -> None:
+    def _sharding(self) -> ShardedMatrices | None:
+        """Owners of the sharded parameters (made once per set of parameters), or ``None``."""
+        params = [p for g in self.param_groups for p in g["params"] if is_sharded(p)]
+        if not params:
+            return None
+        key = tuple(id(p) for p in params)
+        cached = getattr(self, "_sharded", None)
+        if cached is None or cached[0] != key:
+            self._sharded = (key, ShardedMatrices(params))
+        return self._sharded[1]
+
+    @staticmethod
+    def _new_state(p: Tensor, value: Tensor) -> Tensor:
+        """A state tensor for ``p`` from its local ``value``: a ``DTensor`` laid out as ``p`` when
+        ``p`` is sharded, so that distributed checkpoints save every rank's rows."""
+        if isinstance(p, DTensor):
+            return DTensor.from_local(
+                value, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()
+            )
+        return value
+
+    @staticmethod
+    def _norm_of(group: dict[str, Any], d: Tensor) -> Tensor:
+        if group["lmo"] == "sign":
+            return l1_norm(d)
+        return spectral_dual_norm(d, exact=group["exact_dual_norm"], **_ns_settings(group))
+
+    def _dual_norm(
+        self, group: dict[str, Any], p: Tensor, d: Tensor, sharding: ShardedMatrices | None
+    ) -> Tensor:
+        """The layer's dual norm of ``d`` (this rank's rows of it when ``p`` is sharded)."""
+        if not is_sharded(p):
+            return self._norm_of(group, d)
+        full = sharding.gather(p, d)
+        value = self._norm_of(group, full) if full is not None else None
+        return sharding.share(p, value, like=d.new_zeros(()))
+
+    def _update_noise(self, sharding: ShardedMatrices | None) -> None:
         """H ← β2 H + (1 - β2) ||G_t - G_{t-1}||², on the raw gradient, before any momentum."""
         for group in self.param_groups:
             if group["lmo"] == "adamw" or not group["adaptive"]:
@@ -295,21 +339,15 @@ class LANTON(torch.optim.Optimizer):
                 state = self.state[p]
                 if "noise" not in state:
                     state["noise"] = torch.zeros((), dtype=_state_dtype(p), device=p.device)
-                grad = p.grad.detach().to(_state_dtype(p))
+                grad = local(p.grad).detach().to(_state_dtype(p))
                 if measure and "prev_grad" in state:
-                    d = grad - state["prev_grad"]
-                    if group["lmo"] == "sign":
-                        norm = l1_norm(d)
-                    else:
-                        norm = spectral_dual_norm(
-                            d, exact=group["exact_dual_norm"], **_ns_settings(group)
-                        )
+                    norm = self._dual_norm(group, p, grad - local(state["prev_grad"]), sharding)
                     state["noise"].mul_(beta).add_((1 - beta) * norm**2)
                 if keep:
                     if "prev_grad" in state:
-                        state["prev_grad"].copy_(grad)
+                        local(state["prev_grad"]).copy_(grad)
                     else:
-                        state["prev_grad"] = grad.clone()
+                        state["prev_grad"] = self._new_state(p, grad.clone())
 
     def _layer_factors(self) -> None:
         """``state["lr_factor"]`` of every tensor, relative within its noise group."""
@@ -330,26 +368,37 @@ class LANTON(torch.optim.Optimizer):
             for p, factor in zip(params, factors.unbind(), strict=True):
                 self.state[p]["lr_factor"] = factor.to(_state_dtype(p))
 
-    def _geometric_update(self, group: dict[str, Any]) -> None:
+    def _geometric_update(self, group: dict[str, Any], sharding: ShardedMatrices | None) -> None:
         for p in group["params"]:
             if p.grad is None:
                 continue
             state = self.state[p]
-            grad = p.grad.detach().to(_state_dtype(p))
+            grad = local(p.grad).detach().to(_state_dtype(p))
             if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(grad)
-            buf = state["momentum_buffer"]
+                state["momentum_buffer"] = self._new_state(p, torch.zeros_like(grad))
+            buf = local(state["momentum_buffer"])
             buf.lerp_(grad, 1 - group["momentum"])
             update = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
             if group["lmo"] == "sign":
-                direction = sign_lmo(update)
+                direction = sign_lmo(update)  # elementwise: the local rows are enough
             else:
-                direction = spectral_lmo(
-                    update, scale=group["spectral_scale"], **_ns_settings(group)
-                )
+                direction = self._spectral(group, p, update, sharding)
             lr = group["lr"] * state["lr_factor"]
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.sub_(direction.to(p.dtype) * lr)
+            weight = local(p)
+            weight.mul_(1 - group["lr"] * group["weight_decay"])
+            weight.sub_(direction.to(weight.dtype) * lr)
+
+    @staticmethod
+    def _spectral(
+        group: dict[str, Any], p: Tensor, update: Tensor, sharding: ShardedMatrices | None
+    ) -> Tensor:
+        """The spectral LMO of the whole matrix (this rank's rows of it when ``p`` is sharded)."""
+        settings = {"scale": group["spectral_scale"], **_ns_settings(group)}
+        if not is_sharded(p):
+            return spectral_lmo(update, **settings)
+        full = sharding.gather(p, update)
+        direction = spectral_lmo(full, **settings) if full is not None else None
+        return sharding.scatter(p, direction, like=update)
 
     def _adamw_update(self, group: dict[str, Any]) -> None:
         beta1, beta2 = group["betas"]
@@ -357,18 +406,20 @@ class LANTON(torch.optim.Optimizer):
             if p.grad is None:
                 continue
             state = self.state[p]
-            grad = p.grad.detach().to(_state_dtype(p))
+            grad = local(p.grad).detach().to(_state_dtype(p))
             if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(grad)
-                state["exp_avg_sq"] = torch.zeros_like(grad)
+                state["exp_avg"] = self._new_state(p, torch.zeros_like(grad))
+                state["exp_avg_sq"] = self._new_state(p, torch.zeros_like(grad))
                 state["step"] = torch.zeros((), dtype=grad.dtype)  # on the host, as torch's
             state["step"] += 1
             step = state["step"]
-            state["exp_avg"].lerp_(grad, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (state["exp_avg_sq"] / (1 - beta2**step)).sqrt_().add_(group["adam_eps"])
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.sub_((state["exp_avg"] / (1 - beta1**step) / denom).to(p.dtype) * group["lr"])
+            exp_avg, exp_avg_sq = local(state["exp_avg"]), local(state["exp_avg_sq"])
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(group["adam_eps"])
+            weight = local(p)
+            weight.mul_(1 - group["lr"] * group["weight_decay"])
+            weight.sub_((exp_avg / (1 - beta1**step) / denom).to(weight.dtype) * group["lr"])
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -376,13 +427,14 @@ class LANTON(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._update_noise()
+        sharding = self._sharding()
+        self._update_noise(sharding)
         self._layer_factors()
         for group in self.param_groups:
             if group["lmo"] == "adamw":
                 self._adamw_update(group)
             else:
-                self._geometric_update(group)
+                self._geometric_update(group, sharding)
             group["steps_taken"] += 1
         return loss
 
