@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from lightning_dyn.functional._dtensor import whole as gather_whole
 from lightning_dyn.functional.hvp import measuring
 
 
@@ -82,9 +83,7 @@ def eager_submodules(model: nn.Module) -> Iterator[nn.Module]:
 def whole(t: Tensor | None) -> Tensor | None:
     """A parameter as one tensor: an FSDP2 shard (``DTensor``) gathered (a collective: every rank
     calls it), anything else as it is; detached."""
-    if t is None:
-        return None
-    return (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+    return None if t is None else gather_whole(t).detach()
 
 
 def is_sharded(module: nn.Module) -> bool:

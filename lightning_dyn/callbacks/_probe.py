@@ -178,3 +178,16 @@ def unpadded_length(loader: Any) -> int | None:
     if n % sampler.num_replicas == 0:
         return None
     return len(range(sampler.rank, n, sampler.num_replicas))
+
+
+def chunked(rows: Tensor, batch_size: int, most: int | None = None) -> list[Tensor]:
+    """``rows`` in chunks of at most ``batch_size``; with ``most`` (the largest number of rows
+    any rank has) padded with empty chunks to the count every rank then has.
+
+    Under FSDP2 each forward pass all-gathers the weights, a collective: every rank must make
+    the same number of passes, also one whose share is smaller or empty.
+    """
+    chunks = list(rows.split(batch_size))
+    if most is not None:
+        chunks += [rows[:0]] * (-(-most // batch_size) - len(chunks))
+    return chunks

@@ -21,9 +21,9 @@ from lightning_dyn.callbacks._adapters import (
 from lightning_dyn.callbacks._divergence import DivergenceGuard
 from lightning_dyn.callbacks._features import FeatureCapture, last_linear_name
 from lightning_dyn.callbacks._intervals import due_at_step
-from lightning_dyn.callbacks._measurement import probe_pass
+from lightning_dyn.callbacks._measurement import is_sharded, probe_gradients, probe_pass, whole
 from lightning_dyn.callbacks._outlier_report import log_detection
-from lightning_dyn.callbacks._probe import Probe, build_probe, gather_by_position, take
+from lightning_dyn.callbacks._probe import Probe, build_probe, chunked, gather_by_position, take
 from lightning_dyn.functional.opposing_signals import (
     group_gradient_cosine,
     mean_per_example,
@@ -287,9 +287,8 @@ class OutlierPairDetector(pl.Callback):
         capture = capture and self.group_fn is None
         self._capture.capturing = capture
         losses, targets = [], []
-        n_local = len(probe.positions)
-        for start in range(0, n_local, self.batch_size):
-            rows = torch.arange(start, min(start + self.batch_size, n_local))
+        most = -(-probe.size // trainer.world_size) if is_sharded(pl_module) else None
+        for rows in chunked(torch.arange(len(probe.positions)), self.batch_size, most):
             outputs, target = self.logits_fn(pl_module, take(probe.batch, rows))
             losses.append(mean_per_example(self._per_example_loss(outputs, target)))
             targets.append(target)
@@ -404,25 +403,31 @@ class OutlierPairDetector(pl.Callback):
     ) -> Tensor:
         """Gradient of the summed loss over a group (all ranks' shares), flat or sketched.
 
-        The sum, not the mean, so that ranks' shares add up; cosines do not see the scale.
+        The sum, not the mean, so that ranks' shares add up; cosines do not see the scale. Under
+        FSDP2 the gradients come reduced (averaged) over the ranks, sharded, and are gathered.
         """
         params = [p for p in pl_module.parameters() if p.requires_grad]
         totals = [torch.zeros_like(p) for p in params]
         rows = in_group[self._probe.positions].nonzero().flatten()
+        world = trainer.world_size
+        most = None
+        if is_sharded(pl_module):
+            most = max(int(in_group[r::world].sum()) for r in range(world))
+        reduced = False
         with torch.enable_grad():
-            for start in range(0, len(rows), self.batch_size):
-                chunk = take(self._probe.batch, rows[start : start + self.batch_size])
-                outputs, target = self.logits_fn(pl_module, chunk)
+            for chunk_rows in chunked(rows, self.batch_size, most):
+                outputs, target = self.logits_fn(pl_module, take(self._probe.batch, chunk_rows))
                 loss = mean_per_example(self._per_example_loss(outputs, target)).sum()
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                grads, reduced = probe_gradients(pl_module, loss, params)
                 for total, g in zip(totals, grads, strict=True):
                     if g is not None:
                         total.add_(g)
+        totals = [whole(t) for t in totals]
         if self.sketch_dim is not None:
             vector = sketch_gradient(totals, self.sketch_dim, self.seed)
         else:
             vector = torch.cat([t.reshape(-1).float() for t in totals])
-        return trainer.strategy.reduce(vector, reduce_op="sum")
+        return vector if reduced else trainer.strategy.reduce(vector, reduce_op="sum")
 
     def _record(
         self,

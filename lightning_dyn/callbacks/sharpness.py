@@ -15,9 +15,15 @@ from lightning_dyn._checks import check_bool, check_callable, check_choice, chec
 from lightning_dyn.callbacks._adapters import NAMED_LOSSES, HessianLossFn, LossOfFirstInput
 from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
 from lightning_dyn.callbacks._intervals import due_at_step
-from lightning_dyn.callbacks._measurement import probe_pass
+from lightning_dyn.callbacks._measurement import (
+    is_sharded,
+    probe_gradients,
+    probe_pass,
+    whole,
+)
 from lightning_dyn.callbacks._optimizer_scaling import optimizer_scaling
-from lightning_dyn.callbacks._probe import Probe, build_probe, take
+from lightning_dyn.callbacks._probe import Probe, build_probe, chunked, take
+from lightning_dyn.functional.finite_difference import FiniteDifferenceHessian
 from lightning_dyn.functional.hvp import HessianOperator
 from lightning_dyn.functional.lanczos import (
     hessian_eigenvalues,
@@ -26,7 +32,7 @@ from lightning_dyn.functional.lanczos import (
 )
 from lightning_dyn.loggers import log_figure
 
-HVP_METHODS = ("double_backward", "forward_over_reverse")
+HVP_METHODS = ("double_backward", "forward_over_reverse", "finite_difference")
 
 
 class SharpnessMonitor(pl.Callback):
@@ -79,8 +85,12 @@ class SharpnessMonitor(pl.Callback):
         trace_samples: Hutchinson probes for the trace; 0 skips it.
         density_steps: Lanczos steps per vector of the spectral density; 0 skips it.
         density_vectors: random start vectors of the spectral density.
-        method: ``"double_backward"`` or ``"forward_over_reverse"`` (``torch.func``; fails on
-            modules that mutate buffers in the forward pass even in eval mode).
+        method: ``"double_backward"``, ``"forward_over_reverse"`` (``torch.func``; fails on
+            modules that mutate buffers in the forward pass even in eval mode) or
+            ``"finite_difference"`` (central differences of two gradients,
+            ``functional.FiniteDifferenceHessian``): the one that runs under FSDP2, where the
+            sharded parameters are not in the autograd graph; the others are refused there at
+            ``on_fit_start``.
         keep_graph: reuse the probe's gradient graph across the Hessian-vector products of one
             measurement (``"double_backward"`` only): about half the time per product, for the
             memory of the probe's autograd graph, freed after the measurement.
@@ -162,6 +172,13 @@ class SharpnessMonitor(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._probe = None  # a new fit may bring new data
         self._guard.start_fit()
+        if is_sharded(pl_module) and self.method != "finite_difference":
+            raise ValueError(
+                f"SharpnessMonitor(method={self.method!r}) cannot run under FSDP2: the sharded "
+                "parameters are not in the autograd graph, so there is no second derivative to "
+                "take. Use method='finite_difference' (Hessian-vector products from two "
+                "gradients)."
+            )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Drawn here, where the training loader exists: a probe that cannot work fails at once.
@@ -200,16 +217,37 @@ class SharpnessMonitor(pl.Callback):
 
     # --- measurement ----------------------------------------------------------------------------
 
-    def _operator(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> HessianOperator:
+    def _operator(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         probe = self._probe
         n_local = len(probe.positions)
-        chunks = [
-            take(probe.batch, torch.arange(start, min(start + self.batch_size, n_local)))
-            for start in range(0, n_local, self.batch_size)
+        sharded = is_sharded(pl_module)
+        most = -(-probe.size // trainer.world_size) if sharded else None
+        rows = chunked(torch.arange(n_local), self.batch_size, most)
+        chunks = [take(probe.batch, r) for r in rows]
+        if self.method != "finite_difference":
+            return HessianOperator(
+                pl_module, self.loss_fn, chunks, method=self.method, keep_graph=self.keep_graph
+            )
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        # This rank's mean over its share; under FSDP2, whose gradients come averaged over the
+        # ranks, scaled so that the average is the mean over the whole probe.
+        weights = [
+            len(r) / probe.size * trainer.world_size if sharded else len(r) / n_local for r in rows
         ]
-        return HessianOperator(
-            pl_module, self.loss_fn, chunks, method=self.method, keep_graph=self.keep_graph
-        )
+
+        def gradient() -> list[Tensor | None]:
+            totals: list[Tensor | None] = [None] * len(params)
+            for chunk, weight in zip(chunks, weights, strict=True):
+                # nan_to_num: an empty chunk (kept for FSDP's collectives) has a NaN mean.
+                loss = self.loss_fn(pl_module, chunk).nan_to_num() * weight
+                grads, _ = probe_gradients(pl_module, loss, params)
+                totals = [
+                    g if t is None else t if g is None else t + g
+                    for t, g in zip(totals, grads, strict=True)
+                ]
+            return totals
+
+        return FiniteDifferenceHessian(gradient, params)
 
     def _scalar_keys(self) -> list[str]:
         keys = [f"lambda_{i}" for i in range(1, self.n_eigs + 1)] + ["hvps", "converged"]
@@ -227,10 +265,13 @@ class SharpnessMonitor(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, local: HessianOperator
     ) -> dict[str, float]:
         # The probe loss is the mean over all ranks' examples: weight this rank's mean by its
-        # share and sum the products over ranks.
+        # share and sum the products over ranks (FSDP2 has reduced the gradients already).
         share = len(self._probe.positions) / self._probe.size
+        reduced = is_sharded(pl_module)
 
         def matvec(v: Tensor) -> Tensor:
+            if reduced:
+                return local.matvec(v)
             return trainer.strategy.reduce(local.matvec(v) * share, reduce_op="sum")
 
         metrics: dict[str, float] = {}
@@ -310,7 +351,7 @@ class SharpnessMonitor(pl.Callback):
             metrics["threshold"] = scaling.threshold / scaling.uniform_lr
             metrics["ratio"] = scaling.uniform_lr * lam / scaling.threshold
             return True, 0
-        root = torch.cat([s.reshape(-1) for s in scaling.steps]).sqrt().to(local.device)
+        root = torch.cat([whole(s).reshape(-1) for s in scaling.steps]).sqrt().to(local.device)
 
         def scaled(v: Tensor) -> Tensor:
             return root * matvec(root * v)

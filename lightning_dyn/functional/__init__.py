@@ -6,6 +6,7 @@ from lightning_dyn.functional.classification_losses import (
     one_hot_square_loss,
 )
 from lightning_dyn.functional.clustering import kmeans
+from lightning_dyn.functional.finite_difference import FiniteDifferenceHessian
 from lightning_dyn.functional.hvp import HessianOperator, measuring
 from lightning_dyn.functional.lanczos import (
     EigenResult,
@@ -94,6 +95,7 @@ __all__ = [
     "SPECTRAL_SCALES",
     "ClassStatistics",
     "EigenResult",
+    "FiniteDifferenceHessian",
     "HessianOperator",
     "LeastSquaresResult",
     "SpectralDensity",

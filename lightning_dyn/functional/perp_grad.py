@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from lightning_dyn._checks import check_choice
+from lightning_dyn.functional._dtensor import local
 
 PerpGradMode = Literal["per_tensor", "global"]
 PERP_GRAD_MODES: tuple[str, ...] = ("per_tensor", "global")
@@ -76,7 +77,7 @@ class _Bucket:
         self.groups = groups  # sum local dot products over these (DTensor shards)
         whole = [p.numel() for p in params]  # DTensor.numel() is the whole tensor's
         self.total_numel = sum(whole)
-        params, grads = [_local(p) for p in params], [_local(g) for g in grads]
+        params, grads = [local(p) for p in params], [local(g) for g in grads]
         self.grads = grads
         self.indices = indices
         self.sizes = [p.numel() for p in params]
@@ -127,11 +128,6 @@ class _Bucket:
         chunks = flat.to(self.grads[0].dtype).split(self.sizes)
         shaped = [c.view(g.shape) for c, g in zip(chunks, self.grads, strict=True)]
         torch._foreach_copy_(self.grads, shaped)
-
-
-def _local(t: Tensor) -> Tensor:
-    """This rank's shard of a ``DTensor`` (the tensor itself otherwise), sharing its storage."""
-    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def _shard_groups(t: Tensor) -> tuple[dist.ProcessGroup, ...]:

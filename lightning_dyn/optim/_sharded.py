@@ -21,14 +21,11 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
+from lightning_dyn.functional._dtensor import row_counts
+
 
 def is_sharded(t: Tensor) -> bool:
     return isinstance(t, DTensor)
-
-
-def local(t: Tensor) -> Tensor:
-    """This rank's shard of a ``DTensor`` (sharing its storage), else ``t`` itself."""
-    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def _shard_group(p: DTensor) -> dist.ProcessGroup:
@@ -41,12 +38,6 @@ def _shard_group(p: DTensor) -> dist.ProcessGroup:
             "Tensor parallelism is not supported."
         )
     return p.device_mesh.get_group(shards[0][0])
-
-
-def _row_counts(rows: int, world: int) -> list[int]:
-    """Rows of each rank under ``torch.chunk`` (DTensor's ``Shard(0)``), padded to ``world``."""
-    counts = [len(c) for c in torch.arange(rows).chunk(world)]
-    return counts + [0] * (world - len(counts))
 
 
 class ShardedMatrices:
@@ -75,7 +66,7 @@ class ShardedMatrices:
 
     def _layout(self, p: DTensor) -> tuple[dist.ProcessGroup, int, list[int]]:
         group = self.groups[id(p)]
-        return group, self.owners[id(p)], _row_counts(p.shape[0], dist.get_world_size(group))
+        return group, self.owners[id(p)], row_counts(p.shape[0], dist.get_world_size(group))
 
     def gather(self, p: DTensor, shard: Tensor) -> Tensor | None:
         """The whole matrix of which ``shard`` is this rank's rows, on the owner; ``None`` else."""

@@ -37,6 +37,7 @@ from lightning_dyn._checks import (
     check_positive_int,
     check_real,
 )
+from lightning_dyn.functional._dtensor import local
 from lightning_dyn.functional.lmo import (
     NS_COEFFICIENTS,
     SPECTRAL_SCALES,
@@ -46,7 +47,7 @@ from lightning_dyn.functional.lmo import (
     spectral_dual_norm,
     spectral_lmo,
 )
-from lightning_dyn.optim._sharded import ShardedMatrices, is_sharded, local
+from lightning_dyn.optim._sharded import ShardedMatrices, is_sharded
 
 LMOS = ("spectral", "sign", "adamw")
 BOOKKEEPING_KEYS = ("params", "param_names", "name")

@@ -228,6 +228,16 @@ class PDEModule(pl.LightningModule):
                 "(its weights would be converted to 16 bits). Use the default '32-true' or "
                 "'64-true'; mixed precision ('bf16-mixed', '16-mixed') leaves float64 alone."
             )
+        splits = isinstance(self.solver, HardConstraintMoE) and self.solver.expert_parallel
+        sampler = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) or {}
+        if splits and self.trainer.world_size > 1 and sampler.get("num_replicas", 1) > 1:
+            raise ValueError(
+                f"PDEModule splits its experts over the ranks (expert_parallel="
+                f"{self.solver.expert_parallel!r}), which needs the same batches on every rank, "
+                f"but {type(self.trainer.strategy).__name__} gives each rank its own shard of the "
+                "data. Train with lightning_dyn.strategies.ExpertParallelStrategy, or pass "
+                "expert_parallel=False for data parallelism (DDP, FSDP2)."
+            )
 
     def _residual_fn(self, omega: Tensor, b: Tensor, *rows: Tensor) -> Tensor:
         """Residual rows of one sample (or block): stencils of ``u = a + B ω`` combined.
