@@ -1,6 +1,8 @@
 """Train one registry entry on 2 CPU processes under FSDP2 or DDP and save each rank's report.
 
-``python tests/sharded_run.py <entry id> <out dir> fsdp|ddp <steps>``. Lightning launches the
+``python tests/sharded_run.py <entry id> <out dir> fsdp|ddp <steps> [<save every> | resume
+<checkpoint>]``: optionally saving a checkpoint every so many steps, or resuming from one.
+Lightning launches the
 second process by running this script again (its subprocess launcher, the one
 ``ModelParallelStrategy`` uses), so the comparison in ``test_sharded.py`` runs both strategies
 through the same launcher. Under ``fsdp`` the module gets a ``configure_model`` that applies
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-from harness import REGISTRY, RankReport, make_trainer
+from harness import REGISTRY, RankReport, checkpoint_every, make_trainer
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch.distributed.fsdp import fully_shard
 
@@ -44,22 +46,23 @@ def strategy(name: str) -> pl.strategies.Strategy:
     return DDPStrategy(process_group_backend="gloo")
 
 
-def main(entry_id: str, out: Path, name: str, steps: int) -> None:
+def main(entry_id: str, out: Path, name: str, steps: int, extra: list[str]) -> None:
     entry = next(e for e in REGISTRY if e.id == entry_id)
     module, data, callbacks = entry.build()
     if name == "fsdp":
         module = sharded(module)
     out.mkdir(parents=True, exist_ok=True)
+    callbacks = [*callbacks, RankReport(out)]
+    ckpt_path = None
+    if extra and extra[0] == "resume":
+        ckpt_path = extra[1]
+    elif extra:
+        callbacks.append(checkpoint_every(int(extra[0]), out / "ckpt"))
     trainer = make_trainer(
-        entry,
-        steps,
-        out,
-        strategy=strategy(name),
-        devices=2,
-        callbacks=[*callbacks, RankReport(out)],
+        entry, steps, out, strategy=strategy(name), devices=2, callbacks=callbacks
     )
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5:])

@@ -19,6 +19,7 @@ import torch
 from harness import (
     REGISTRY,
     Entry,
+    assert_same,
     compare_logged,
     logged_series,
     make_trainer,
@@ -35,8 +36,8 @@ for _entry in REGISTRY:
 ENTRIES = [pytest.param(entry, id=entry.id) for entry in FIRST.values()]
 
 
-def _run_sharded(entry: Entry, out: Path, steps: int) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(SCRIPT), entry.id, str(out), "fsdp", str(steps)]
+def _run_sharded(entry: Entry, out: Path, steps: int, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(SCRIPT), entry.id, str(out), "fsdp", str(steps), *extra]
     return subprocess.run(
         command, cwd=SCRIPT.parent, capture_output=True, text=True, timeout=600, check=False
     )
@@ -69,3 +70,22 @@ def test_fsdp2_matches_one_process(entry: Entry, tmp_path: Path) -> None:
             atol=max(entry.ddp_state_atol, 1e-7),
             label=f"fsdp/{entry.id}",
         )
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("name", ["LANTON", "SharpnessMonitor"])
+def test_an_fsdp2_run_resumes_to_the_uninterrupted_numbers(name: str, tmp_path: Path) -> None:
+    """Sharded optimizer state (LANTON's DTensor state) and callback state through Lightning's
+    distributed checkpoint: a run resumed at step ``steps`` ends where the straight run ends."""
+    entry = FIRST[name]
+    steps = entry.steps
+    straight = _run_sharded(entry, tmp_path / "straight", 2 * steps, str(steps))
+    assert straight.returncode == 0, straight.stderr[-6000:]
+    checkpoint = tmp_path / "straight" / "ckpt" / f"step={steps}.ckpt"
+    assert checkpoint.exists(), sorted((tmp_path / "straight").rglob("*"))[:20]
+    resumed = _run_sharded(entry, tmp_path / "resumed", 2 * steps, "resume", str(checkpoint))
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
+    expected, _ = read_rank_reports(tmp_path / "straight")
+    actual, _ = read_rank_reports(tmp_path / "resumed")
+    assert_same(actual["params"], expected["params"], "params")
+    assert_same(actual["states"], expected["states"], "callback states")

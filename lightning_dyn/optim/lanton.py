@@ -246,6 +246,15 @@ class LANTON(torch.optim.Optimizer):
         # A Python counter in the group (saved with it): no host sync to read a step tensor.
         group["steps_taken"] = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, with ``ns_dtype`` saved by name (``"bfloat16"``): distributed
+        checkpointing (FSDP2) cannot store a ``torch.dtype``."""
+        state = super().state_dict()
+        for group in state["param_groups"]:
+            if isinstance(group.get("ns_dtype"), torch.dtype):
+                group["ns_dtype"] = str(group["ns_dtype"]).removeprefix("torch.")
+        return state
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load groups and state as torch does, but keep the state in LANTON's dtype.
 
@@ -258,7 +267,13 @@ class LANTON(torch.optim.Optimizer):
         this optimizer's, which is what they trained with.
         """
         built = [dict(group) for group in self.param_groups]
-        super().load_state_dict(state_dict)
+        groups = [
+            {**g, "ns_dtype": getattr(torch, g["ns_dtype"])}
+            if isinstance(g.get("ns_dtype"), str)
+            else g
+            for g in state_dict["param_groups"]
+        ]
+        super().load_state_dict({**state_dict, "param_groups": groups})
         for group, before in zip(self.param_groups, built, strict=True):
             for key, value in before.items():
                 group.setdefault(key, value)
