@@ -22,6 +22,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DistributedSampler
 
 from lightning_dyn._checks import check_fraction, check_positive_int
@@ -422,6 +424,13 @@ class TinyLMModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = TinyGPT(**self.hparams)
+        mesh = self.device_mesh  # set by ModelParallelStrategy (trainer=fsdp_cpu, fsdp)
+        if mesh is not None and not isinstance(self.model.blocks[0].attn.qkv.weight, DTensor):
+            # FSDP2: each block its own unit; embeddings, tied head and final norm in the root's.
+            data_parallel = mesh["data_parallel"]
+            for block in self.model.blocks:
+                fully_shard(block, mesh=data_parallel)
+            fully_shard(self.model, mesh=data_parallel)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         assert self.model is not None, "vocab_size=None: the model is built by the Trainer"
