@@ -431,7 +431,13 @@ CASES: list[tuple[Plugin, Setting, str]] = [
 
 # --- the document --------------------------------------------------------------------------------
 
-REGISTRY_COLUMNS = ("train", "second fit", "exact resume", "2-process DDP, metrics compared")
+REGISTRY_COLUMNS = (
+    "train",
+    "second fit",
+    "exact resume",
+    "2-process DDP, metrics compared",
+    "2-process FSDP2, metrics compared",
+)
 
 
 def _cell(plugin: Plugin, setting: Setting, notes: dict[str, int]) -> str:
@@ -475,9 +481,11 @@ def compatibility_markdown() -> str:
         "the 1-process metrics); **refused**: stops at setup, before the first step, with the",
         "reason and what to use instead; **n/a**: why the setting does not reach the plugin.",
         "",
-        "The first four columns come from `tests/test_registry.py` (the package's own tiny models",
-        "and a user CNN); the DDP column compares every logged metric of the 2-process run with",
-        "the 1-process run. The others come from `tests/test_conformance.py`.",
+        "The first five columns come from `tests/test_registry.py` and `tests/test_sharded.py`",
+        "(the package's own tiny models and a user CNN); the DDP and FSDP2 columns compare every",
+        "parameter and every logged metric of the 2-process run with the 1-process run (FSDP2:",
+        "`ModelParallelStrategy` with `fully_shard` on every leaf module and the root). The",
+        "others come from `tests/test_conformance.py`.",
         "",
     ]
     header = ["plugin", *REGISTRY_COLUMNS, *(s.title for s in SETTINGS)]
@@ -485,6 +493,10 @@ def compatibility_markdown() -> str:
     notes: dict[str, int] = {}
     for plugin in PLUGINS:
         cells = ["works" if plugin.name in registered else "—" for _ in REGISTRY_COLUMNS]
+        refusal = next((e.fsdp_refused for e in REGISTRY if e.name == plugin.name), "")
+        if refusal:
+            number = notes.setdefault(f"refused: {refusal}", len(notes) + 1)
+            cells[-1] = f"refused [{number}]"
         for setting in SETTINGS:
             cells.append(_cell(plugin, setting, notes))
         lines.append(f"| `{plugin.name}` | " + " | ".join(cells) + " |")

@@ -323,7 +323,11 @@ REGISTRY += [
         ),
         # A DDP strategy itself; FSDP2 gives each rank its own data, which expert parallelism
         # cannot take (HardConstraintMoE with expert_parallel=False trains under FSDP2).
-        fsdp_refused="needs the same batches on every rank",
+        fsdp_refused=(
+            "ModelParallelStrategy gives each rank its own shard of the data. Train with "
+            "lightning_dyn.strategies.ExpertParallelStrategy, or pass expert_parallel=False for "
+            "data parallelism (DDP, FSDP2)"
+        ),
         ddp_atol=1e-10,
     ),
 ]
