@@ -105,5 +105,7 @@ class ShardedMatrices:
         """The owner's scalar ``value`` on every rank of ``p``'s group."""
         group, owner, _ = self._layout(p)
         out = value.clone() if value is not None else torch.zeros_like(like)
+        if self.owns(p):
+            self.bytes_sent += (dist.get_world_size(group) - 1) * out.numel() * out.element_size()
         dist.broadcast(out, src=dist.get_global_rank(group, owner), group=group)
         return out
