@@ -319,8 +319,10 @@ class PDEModule(pl.LightningModule):
             sums = torch.stack([r2[:, mask].sum(), r2.sum()])
             if self._trainer is not None and self.trainer.world_size > 1:
                 sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-            share = sums[0] / sums[1].clamp_min(1e-300)
-            self.log(f"{stage}/interface_residual_share", share, batch_size=n)
+            share = sums[0] / sums[1].clamp_min(
+                1e-300
+            )  # the same on every rank: the sync is a no-op
+            self.log(f"{stage}/interface_residual_share", share, batch_size=n, sync_dist=True)
         if stage == "val" and self._figure_batch is None:
             self._figure_batch = (u[:1].detach(), u_ref[:1].to(torch.float64))
         return loss
