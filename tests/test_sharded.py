@@ -89,3 +89,11 @@ def test_an_fsdp2_run_resumes_to_the_uninterrupted_numbers(name: str, tmp_path: 
     actual, _ = read_rank_reports(tmp_path / "resumed")
     assert_same(actual["params"], expected["params"], "params")
     assert_same(actual["states"], expected["states"], "callback states")
+
+
+@pytest.mark.ddp
+def test_sharpness_by_double_backward_is_refused_under_fsdp2(tmp_path: Path) -> None:
+    entry = next(e for e in REGISTRY if e.id == "SharpnessMonitor")  # method="double_backward"
+    run = _run_sharded(entry, tmp_path, 2)
+    assert run.returncode != 0
+    assert "cannot run under FSDP2" in run.stderr and "method='finite_difference'" in run.stderr
