@@ -568,3 +568,17 @@ def compare_logged(
         with open(report, "a") as out:
             out.write(f"{label} abs={largest:.3e} rel={relative:.3e} values={len(expected)}\n")
     return largest
+
+
+def compare_entry_metrics(entry: Entry, records: list, single_records: list, label: str) -> None:
+    """:func:`compare_logged` on the namespaces of ``entry.expect_logged`` (e.g. ``nc/``), with
+    the entry's DDP tolerances: what the user sees of a plugin, at every step."""
+    namespaces = tuple({key.split("/")[0] + "/" for key in entry.expect_logged})
+    if namespaces:
+        compare_logged(
+            logged_series(records, namespaces),
+            logged_series(single_records, namespaces),
+            rtol=entry.ddp_rtol,
+            atol=max(entry.ddp_state_atol, 1e-7),
+            label=label,
+        )

@@ -14,9 +14,8 @@ from harness import (
     assert_same,
     callback_states,
     checkpoint_every,
-    compare_logged,
+    compare_entry_metrics,
     exported_names,
-    logged_series,
     make_trainer,
     parameters_of,
     read_rank_reports,
@@ -125,12 +124,4 @@ def test_runs_under_two_process_ddp(entry: Entry, tmp_path: Path) -> None:
         atol=entry.ddp_state_atol,
     )
     # What the user sees: every metric the plugin logged, at every step, as in one process.
-    namespaces = tuple({key.split("/")[0] + "/" for key in entry.expect_logged})
-    if namespaces:
-        compare_logged(
-            logged_series(rank0["records"], namespaces),
-            logged_series(single.logger.records, namespaces),
-            rtol=entry.ddp_rtol,
-            atol=max(entry.ddp_state_atol, 1e-7),
-            label=f"registry/{entry.id}",
-        )
+    compare_entry_metrics(entry, rank0["records"], single.logger.records, f"registry/{entry.id}")

@@ -20,8 +20,7 @@ from harness import (
     REGISTRY,
     Entry,
     assert_same,
-    compare_logged,
-    logged_series,
+    compare_entry_metrics,
     make_trainer,
     parameters_of,
     read_rank_reports,
@@ -59,17 +58,9 @@ def test_fsdp2_matches_one_process(entry: Entry, tmp_path: Path) -> None:
     single.fit(module, datamodule=data)
     for name, value in parameters_of(module).items():
         torch.testing.assert_close(rank0["params"][name], value, rtol=1e-4, atol=entry.ddp_atol)
-    namespaces = tuple({key.split("/")[0] + "/" for key in entry.expect_logged})
     for key in entry.expect_logged:
         assert any(k.startswith(key) for k in rank0["logged"]), f"{key!r} not logged under FSDP"
-    if namespaces:
-        compare_logged(
-            logged_series(rank0["records"], namespaces),
-            logged_series(single.logger.records, namespaces),
-            rtol=entry.ddp_rtol,
-            atol=max(entry.ddp_state_atol, 1e-7),
-            label=f"fsdp/{entry.id}",
-        )
+    compare_entry_metrics(entry, rank0["records"], single.logger.records, f"fsdp/{entry.id}")
 
 
 @pytest.mark.ddp
