@@ -80,6 +80,64 @@ def test_noisier_layer_gets_the_smaller_learning_rate(noise_every: int) -> None:
     assert noise["group0.1"] > 10 * noise["group0.0"]
 
 
+def _alternating_grads(p: torch.Tensor, direction: torch.Tensor, size: float, step: int) -> None:
+    """``G_t = 1 + (-1)^t (size/2) direction``: every ``G_t - G_{t-1}`` is ``±size · direction``."""
+    p.grad = torch.ones_like(p) + (-1) ** step * (size / 2) * direction
+
+
+@pytest.mark.parametrize("lmo", ["sign", "spectral"])
+@pytest.mark.parametrize(("power", "alpha"), [(0.5, 0.01), (1.0, 0.1)])
+def test_layer_factor_is_the_documented_formula_on_known_noise(
+    lmo: str, power: float, alpha: float
+) -> None:
+    """The factor ``(d_min / d)^(power/2)``, ``d = H + alpha max H``, with ``H`` in closed form.
+
+    The gradient differences have a known dual norm ``n``: a ±1 matrix times ``size`` (ℓ1 norm
+    ``size · numel``) in a sign group, ``size · u vᵀ`` with unit ``u, v`` (nuclear norm ``size``,
+    dual norm ``sqrt(d_out/d_in) size``) in a spectral group. After ``m`` measurements from
+    ``H = 0``, ``H = (1 - β2^m) n²``.
+    """
+    gen = torch.Generator().manual_seed(3)
+    shapes, sizes = [(6, 4), (6, 4), (3, 8)], [0.2, 0.5, 1.5]
+    params = [nn.Parameter(torch.zeros(shape, dtype=torch.float64)) for shape in shapes]
+    if lmo == "sign":
+        directions = [torch.randint(0, 2, s, generator=gen).double() * 2 - 1 for s in shapes]
+        norms = [size * d.numel() for size, d in zip(sizes, directions, strict=True)]
+    else:
+        directions, norms = [], []
+        for (rows, cols), size in zip(shapes, sizes, strict=True):
+            u = torch.randn(rows, 1, generator=gen, dtype=torch.float64)
+            v = torch.randn(1, cols, generator=gen, dtype=torch.float64)
+            directions.append(u @ v / (u.norm() * v.norm()))
+            norms.append((rows / cols) ** 0.5 * size)
+    beta, steps, lr = 0.9, 7, 0.01
+    optimizer = LANTON(
+        [{"params": params, "lmo": lmo}],
+        lr=lr,
+        noise_beta=beta,
+        noise_alpha=alpha,
+        power=power,
+        exact_dual_norm=True,
+        weight_decay=0.0,
+    )
+    for step in range(steps):
+        before = [p.detach().clone() for p in params]
+        for p, direction, size in zip(params, directions, sizes, strict=True):
+            _alternating_grads(p, direction, size, step)
+        optimizer.step()
+    noise = torch.tensor([(1 - beta ** (steps - 1)) * n**2 for n in norms], dtype=torch.float64)
+    d = noise + alpha * noise.max()
+    expected = lr * (d.min() / d) ** (power / 2)
+    got = torch.stack(list(optimizer.effective_lrs().values()))
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        torch.stack(list(optimizer.noise_estimates().values())), noise, rtol=1e-6, atol=0
+    )
+    if lmo == "sign":  # every gradient entry is positive, so the last step moved by -lr f exactly
+        for p, old, rate in zip(params, before, expected, strict=True):
+            torch.testing.assert_close(p.detach() - old, -rate.expand(p.shape), rtol=1e-9, atol=0)
+
+
 def test_equal_noise_gives_equal_rates_and_adaptive_false_gives_the_base_rate() -> None:
     params = _matrices()
     optimizer = LANTON(params, lr=0.01, adaptive=False)
