@@ -6,6 +6,7 @@ from lightning_dyn.functional.classification_losses import (
     one_hot_square_loss,
 )
 from lightning_dyn.functional.clustering import kmeans
+from lightning_dyn.functional.face_jumps import FaceJumps, block_faces, face_jumps
 from lightning_dyn.functional.finite_difference import FiniteDifferenceHessian
 from lightning_dyn.functional.hvp import HessianOperator, measuring
 from lightning_dyn.functional.lanczos import (
@@ -95,6 +96,7 @@ __all__ = [
     "SPECTRAL_SCALES",
     "ClassStatistics",
     "EigenResult",
+    "FaceJumps",
     "FiniteDifferenceHessian",
     "HessianOperator",
     "LeastSquaresResult",
@@ -104,6 +106,7 @@ __all__ = [
     "antiphase_correlation",
     "antiphase_matrix",
     "between_class_covariance",
+    "block_faces",
     "cdnv",
     "class_means",
     "class_statistics",
@@ -112,6 +115,7 @@ __all__ = [
     "direction_alignment",
     "equiangularity",
     "equinorm",
+    "face_jumps",
     "feature_groups",
     "geometry_distance",
     "global_mean",

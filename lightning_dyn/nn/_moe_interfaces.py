@@ -16,6 +16,44 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from lightning_dyn.functional.face_jumps import EXTRAPOLATION, SLOPE
+
+
+def _faces(
+    grid: tuple[int, ...], parts: tuple[int, ...], periodic: tuple[bool, ...]
+) -> list[tuple[int, int, int, int, list[Tensor]]]:
+    """Per face-sharing pair: ``(k, j, axis, edge, cores)``, ``cores[a]`` the common core along
+    every other axis ``a`` (``edge`` is ``n`` at the wrap of a periodic axis)."""
+    cores = [
+        [(i * (n // m), n if i == m - 1 else (i + 1) * (n // m)) for i in range(m)]
+        for n, m in zip(grid, parts, strict=True)
+    ]
+    faces = []
+    for k, combo in enumerate(
+        torch.cartesian_prod(*[torch.arange(m) for m in parts])
+        .reshape(math.prod(parts), len(parts))
+        .tolist()
+    ):
+        for axis, i in enumerate(combo):
+            last = i == parts[axis] - 1
+            if parts[axis] == 1 or (last and not periodic[axis]):
+                continue
+            edge = grid[axis] if last else cores[axis][i + 1][0]
+            step = math.prod(parts[axis + 1 :])
+            j = k - i * step if last else k + step
+            ranges = [torch.arange(*cores[a][ia]) for a, ia in enumerate(combo)]
+            faces.append((k, j, axis, edge, ranges))
+    return faces
+
+
+def _flat(grid: tuple[int, ...], coords: list[Tensor]) -> Tensor:
+    """C-order flat indices of the product of per-axis ``coords`` (the last axis fastest)."""
+    strides = [math.prod(grid[a + 1 :]) for a in range(len(grid))]
+    flat = torch.zeros((), dtype=torch.long)
+    for a, c in enumerate(coords):
+        flat = flat.unsqueeze(-1) + c * strides[a]
+    return flat.reshape(-1)
+
 
 def interface_pairs(
     grid_shape: Sequence[int],
@@ -32,34 +70,82 @@ def interface_pairs(
     """
     grid, parts = tuple(grid_shape), tuple(partition)
     periodic = tuple(periodic) if periodic is not None else (False,) * len(grid)
-    strides = [math.prod(grid[a + 1 :]) for a in range(len(grid))]
-    cores = [
-        [(i * (n // m), n if i == m - 1 else (i + 1) * (n // m)) for i in range(m)]
-        for n, m in zip(grid, parts, strict=True)
-    ]
     width = max(1, overlap)
     pairs = []
-    for k, combo in enumerate(
-        torch.cartesian_prod(*[torch.arange(m) for m in parts])
-        .reshape(math.prod(parts), len(parts))
-        .tolist()
-    ):
-        for axis, i in enumerate(combo):
-            last = i == parts[axis] - 1
-            if parts[axis] == 1 or (last and not periodic[axis]):
-                continue
-            edge = grid[axis] if last else cores[axis][i + 1][0]
-            step = math.prod(parts[axis + 1 :])
-            flat = torch.zeros((), dtype=torch.long)
-            for a, ia in enumerate(combo):
-                if a == axis:  # modulo: the wrap of a periodic axis
-                    coords = torch.arange(edge - width, edge + width) % grid[a]
-                else:
-                    coords = torch.arange(*cores[a][ia])
-                flat = flat.unsqueeze(-1) + coords * strides[a]
-            j = k - i * step if last else k + step
-            pairs.append((k, j, flat.reshape(-1)))
+    for k, j, axis, edge, ranges in _faces(grid, parts, periodic):
+        # modulo: the wrap of a periodic axis
+        ranges[axis] = torch.arange(edge - width, edge + width) % grid[axis]
+        pairs.append((k, j, _flat(grid, ranges)))
     return pairs
+
+
+def trace_pairs(
+    grid_shape: Sequence[int], partition: Sequence[int], periodic: Sequence[bool] | None = None
+) -> list[tuple[int, int, Tensor, Tensor]]:
+    """Face-sharing block pairs ``(k, j, left, right)`` for the one-sided (``"c1"``) rows.
+
+    ``left`` ``(L, 3)``: for each of the ``L`` lines crossing the face (the blocks' common core
+    along the other axes), the flat indices of the 3 points of block ``k`` nearest the face,
+    nearest first; ``right`` likewise in block ``j``. Pairs in the order of
+    :func:`interface_pairs`.
+    """
+    grid, parts = tuple(grid_shape), tuple(partition)
+    periodic = tuple(periodic) if periodic is not None else (False,) * len(grid)
+    pairs = []
+    for k, j, axis, edge, ranges in _faces(grid, parts, periodic):
+        sides = []
+        for points in ([edge - 1 - i for i in range(3)], [edge + i for i in range(3)]):
+            stencil = []
+            for p in points:
+                ranges[axis] = torch.tensor([p % grid[axis]])
+                stencil.append(_flat(grid, ranges))
+            sides.append(torch.stack(stencil, dim=1))
+        pairs.append((k, j, *sides))
+    return pairs
+
+
+INTERFACE_ROWS = (False, True, "value", "c1")
+
+
+def interface_kind(
+    interface_rows: object, slope_weight: object, overlap: object
+) -> tuple[str | None, float | None]:
+    """``(kind, slope weight)`` from ``HardConstraintMoE``'s arguments, or ``ValueError``.
+
+    ``kind`` is ``None`` (no coupling), ``"value"`` (``True``) or ``"c1"``; the slope weight is a
+    float for ``"c1"`` (``None`` there: that of the value rows, filled in by the caller).
+    """
+    if not any(
+        interface_rows is c or (isinstance(c, str) and interface_rows == c) for c in INTERFACE_ROWS
+    ):
+        raise ValueError(
+            f"interface_rows must be one of False, True (= 'value'), 'value' or 'c1'; got "
+            f"{interface_rows!r}."
+        )
+    kind = {False: None, True: "value"}.get(interface_rows, interface_rows)  # type: ignore[call-overload]
+    if slope_weight is not None:
+        if (
+            isinstance(slope_weight, bool)
+            or not isinstance(slope_weight, int | float)
+            or not (slope_weight > 0 and slope_weight < float("inf"))
+        ):
+            raise ValueError(
+                f"interface_slope_weight must be None or a finite real number > 0; got "
+                f"{slope_weight!r}."
+            )
+        if kind != "c1":
+            raise ValueError(
+                f"interface_slope_weight={slope_weight!r} weighs the slope rows of "
+                f"interface_rows='c1', but interface_rows={interface_rows!r}. Pass "
+                "interface_rows='c1', or leave interface_slope_weight=None."
+            )
+    if kind == "c1" and overlap != 0:
+        raise ValueError(
+            f"interface_rows='c1' matches each expert's one-sided value and slope at the face, "
+            f"which the assembled field shows only without overlap; got overlap={overlap!r}. "
+            "Use overlap=0 with 'c1', or interface_rows='value'."
+        )
+    return kind, None if slope_weight is None else float(slope_weight)
 
 
 def coupled_residual(
@@ -69,13 +155,22 @@ def coupled_residual(
     pairs: list[tuple[int, int, Tensor]],
     weight: float,
     n_basis: int,
+    traces: list[tuple[int, int, Tensor, Tensor]] = (),
+    slope_weight: float = 0.0,
 ) -> Callable[[Tensor, tuple[Tensor, ...]], Tensor]:
     """Residual of the joint problem in ``ω = (ω_1, …, ω_K)`` flattened, for ONE sample.
 
     ``block_residual(ω_k, (basis_k, *data_k))`` gives expert ``k``'s rows (ridge included);
     ``indices[k]`` are its block's flat points; ``per_point`` says which data tensors are
-    restricted to the block (the others are passed whole).
+    restricted to the block (the others are passed whole). Value rows ``weight · Φ_p (ω_k −
+    ω_j)`` on the ``pairs``' points (``"value"``); for the ``traces`` of :func:`trace_pairs`
+    (``"c1"``), per line crossing the face, ``weight · (E Φ_left ω_k − E Φ_right ω_j)`` and
+    ``slope_weight · (D Φ_left ω_k − D' Φ_right ω_j)``, with ``E`` the one-sided quadratic
+    extrapolation to the face and ``D``, ``D' = −D`` its derivative times the spacing from
+    either side (``face_jumps``' ``EXTRAPOLATION`` and ``SLOPE``).
     """
+
+    stencils = torch.tensor([EXTRAPOLATION, SLOPE], dtype=torch.float64)  # (2, 3)
 
     def residual(omega: Tensor, params: tuple[Tensor, ...]) -> Tensor:
         basis, *data = params
@@ -86,6 +181,12 @@ def coupled_residual(
             rows.append(block_residual(omegas[k], (basis[idx], *block)))
         for k, j, points in pairs:
             rows.append(weight * (basis[points] @ (omegas[k] - omegas[j])))
+        for k, j, left, right in traces:
+            # (value, h ∂u) of expert k at the face from the left, of expert j from the right.
+            from_left = torch.einsum("si,lin->sln", stencils.to(basis), basis[left]) @ omegas[k]
+            from_right = torch.einsum("si,lin->sln", stencils.to(basis), basis[right]) @ omegas[j]
+            rows.append(weight * (from_left[0] - from_right[0]))
+            rows.append(slope_weight * (from_left[1] + from_right[1]))  # right weights: −SLOPE
         return torch.cat(rows)
 
     return residual

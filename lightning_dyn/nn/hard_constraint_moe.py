@@ -7,7 +7,6 @@ batched per-expert solves and the expert-parallel exchange over ``torch.distribu
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -15,11 +14,19 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_dyn._checks import check_positive_int, check_real
+from lightning_dyn.functional.face_jumps import block_faces
 from lightning_dyn.functional.least_squares import (
     LeastSquaresResult,
     solve_least_squares,
 )
-from lightning_dyn.nn._moe_interfaces import coupled_residual, interface_jump, interface_pairs
+from lightning_dyn.nn._moe_interfaces import (
+    coupled_residual,
+    interface_jump,
+    interface_kind,
+    interface_pairs,
+    trace_pairs,
+)
+from lightning_dyn.nn._moe_parallel import check_same_input, exchange
 from lightning_dyn.nn.hard_constraint import (
     HardConstraintLayer,
     HardResidualFn,
@@ -54,30 +61,6 @@ def _stats(res: LeastSquaresResult) -> Tensor:
     """
     fields = (res.iterations, res.residual_norm, res.gradient_norm, res.converged)
     return torch.stack([f.to(torch.float64) for f in fields], dim=-1)
-
-
-def _check_same_input(basis: Tensor, world: int) -> None:
-    """Raise on every rank if the ranks were given different ``basis`` (e.g. data-parallel DDP).
-
-    Expert parallelism assembles rank ``r``'s experts into every rank's field, which is only
-    right when all ranks solve the same problems; a data-parallel sampler would make the result
-    silently wrong. One all-gather of three numbers (batch size, sum, sum of squares) per forward.
-    """
-    flat = basis.detach().to(torch.float64)
-    probe = torch.stack([flat.new_tensor(float(basis.shape[0])), flat.sum(), flat.square().sum()])
-    probes = [torch.empty_like(probe) for _ in range(world)]
-    dist.all_gather(probes, probe)
-    # equal_nan: a diverged network gives NaN on every rank alike, which is the same input.
-    same = (torch.allclose(p, probes[0], rtol=1e-9, atol=0.0, equal_nan=True) for p in probes)
-    if not all(same):
-        raise ValueError(
-            "HardConstraintMoE splits its experts over the ranks (expert_parallel="
-            "'auto' with an initialised process group, or True), which needs the SAME basis on "
-            "every rank, but the ranks' inputs differ (batch size, sum, sum of squares per rank: "
-            f"{[p.tolist() for p in probes]}). Under data-parallel DDP pass "
-            "expert_parallel=False; to split the experts, give every rank the same batches "
-            "(lightning_dyn.strategies.ExpertParallelStrategy does)."
-        )
 
 
 class HardConstraintMoE(nn.Module):
@@ -188,25 +171,30 @@ class HardConstraintMoE(nn.Module):
         tol: float = 1e-10,
         on_failure: str = "warn",
         expert_parallel: bool | str = "auto",
-        interface_rows: bool = False,
+        interface_rows: bool | str = False,
         interface_weight: float = 1.0,
         periodic: Sequence[bool] | None = None,
+        interface_slope_weight: float | None = None,
     ) -> None:
         super().__init__()
         if not (isinstance(expert_parallel, bool) or expert_parallel == "auto"):
             raise ValueError(
                 f"expert_parallel must be True, False or 'auto'; got {expert_parallel!r}."
             )
-        if not isinstance(interface_rows, bool):
-            raise ValueError(f"interface_rows must be True or False; got {interface_rows!r}.")
+        kind, slope_weight = interface_kind(interface_rows, interface_slope_weight, overlap)
         check_real("interface_weight", interface_weight, strictly_positive=True)
         if interface_rows and expert_parallel is True:
             raise ValueError(
-                "interface_rows=True couples the experts into one solve, which cannot be split "
+                f"interface_rows={interface_rows!r} couples the experts into one solve, which "
+                "cannot be split "
                 "over ranks; use expert_parallel='auto' or False with it."
             )
         self.interface_rows = interface_rows
         self.interface_weight = float(interface_weight)
+        self.interface_kind = kind
+        self.interface_slope_weight = (
+            self.interface_weight if slope_weight is None else slope_weight
+        )
         self.expert_parallel = expert_parallel
         self.layer = HardConstraintLayer(residual_fn, ridge, max_iter, tol, on_failure)
         check_positive_int("experts", experts)
@@ -267,6 +255,10 @@ class HardConstraintMoE(nn.Module):
             )
         self.periodic = tuple(periodic) if periodic is not None else (False,) * len(grid)
         self._pairs = interface_pairs(grid, parts, overlap, self.periodic)
+        self._traces = []
+        if kind == "c1":  # its value rows are the traces', not the shared points'
+            block_faces(grid, parts, self.periodic)  # raises if a block is under 3 points wide
+            self._traces = trace_pairs(grid, parts, self.periodic)
 
     def _build_blocks(self) -> None:
         """Per expert: flat point indices and blend weights on them; then groups by shape."""
@@ -362,7 +354,7 @@ class HardConstraintMoE(nn.Module):
         else:
             world, rank = self._world()
             if world > 1:
-                _check_same_input(basis, world)
+                check_same_input(basis, world)
             mine = list(range(rank, self.experts, world))
             omega, stats = self._solve(basis, data, per_point, mine)
         if world > 1:
@@ -397,7 +389,14 @@ class HardConstraintMoE(nn.Module):
         batch, _, n_basis = basis.shape
         layer = self.layer
         residual = coupled_residual(
-            layer._residual, self._indices, per_point, self._pairs, self.interface_weight, n_basis
+            layer._residual,
+            self._indices,
+            per_point,
+            [] if self._traces else self._pairs,
+            self.interface_weight,
+            n_basis,
+            self._traces,
+            self.interface_slope_weight,
         )
         res = solve_least_squares(
             residual,
@@ -476,29 +475,13 @@ class HardConstraintMoE(nn.Module):
 
     def _exchange(self, omega: Tensor, stats: Tensor, world: int) -> tuple[Tensor, Tensor]:
         """All-gather every rank's experts ``r::world`` (padded) and return them in expert order."""
-        share = -(-self.experts // world)
-        pad = share - omega.shape[1]
-        if pad:
-            omega = torch.cat([omega, omega.new_zeros(omega.shape[0], pad, omega.shape[2])], 1)
-            stats = torch.cat([stats, stats.new_zeros(stats.shape[0], pad, 4)], 1)
-        import torch.distributed.nn.functional as dist_nn
-
-        with warnings.catch_warnings():
-            # Deprecated in favour of functional collectives, but it is the autograd-aware
-            # all_gather for eager process groups (gloo included).
-            warnings.filterwarnings("ignore", r".*all_gather is deprecated", FutureWarning)
-            omegas = dist_nn.all_gather(omega)
-        all_stats = [torch.empty_like(stats) for _ in range(world)]
-        dist.all_gather(all_stats, stats.contiguous())
-        order = [(k % world, k // world) for k in range(self.experts)]
-        return (
-            torch.stack([omegas[r][:, j] for r, j in order], dim=1),
-            torch.stack([all_stats[r][:, j] for r, j in order], dim=1),
-        )
+        return exchange(omega, stats, self.experts, world)
 
     def extra_repr(self) -> str:
         return (
             f"experts={self.experts}, partition={self.partition}, grid_shape={self.grid_shape}, "
             f"overlap={self.overlap}, shared_rows={self.shared_rows}, "
-            f"expert_parallel={self.expert_parallel!r}, interface_rows={self.interface_rows}"
+            f"expert_parallel={self.expert_parallel!r}, interface_rows={self.interface_rows}, "
+            f"interface_weight={self.interface_weight}"
+            + (f", interface_slope_weight={self.interface_slope_weight}" if self._traces else "")
         )

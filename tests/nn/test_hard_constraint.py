@@ -279,3 +279,127 @@ def test_interface_pairs_on_a_two_by_two_partition():
 def test_moe_bad_interface_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         HardConstraintMoE(heat_residual, 2, (1, 2), (T, X), **kwargs)
+
+
+# C1 rows: a smooth target fitted by two quadratic experts on a 1D grid (closed-form references).
+X1 = 32
+XS = (torch.arange(X1, dtype=torch.float64) + 0.5) / X1
+QUADRATICS = torch.stack([torch.ones_like(XS), XS, XS**2], 1).expand(B, X1, 3)
+TARGET = torch.sin(2.5 * torch.pi * XS).expand(B, X1)
+
+
+def fit_residual(omega, basis, target):
+    return basis @ omega - target
+
+
+def _one_sided(u):
+    """(value, h·slope) at the face x = 1/2 from the left and from the right: the quadratic
+    through the 3 nearest points on each side (weights derived by hand from Lagrange's form)."""
+    e = X1 // 2
+    left, right = u[:, [e - 1, e - 2, e - 3]], u[:, [e, e + 1, e + 2]]
+    extrapolate = torch.tensor([15 / 8, -5 / 4, 3 / 8], dtype=torch.float64)
+    slope = torch.tensor([2.0, -3.0, 1.0], dtype=torch.float64)
+    return left @ extrapolate, right @ extrapolate, left @ slope, -(right @ slope)
+
+
+def _c1_systems():
+    """The two experts' fit as one dense system ``A ω = b`` (ω = (ω_0, ω_1)) and the C1 rows
+    ``C ω`` (value, slope traces at the face), written out independently of the module."""
+    half = X1 // 2
+    phi, g = QUADRATICS[0], TARGET[0]
+    zeros, zeros3 = torch.zeros(half, 3, dtype=torch.float64), torch.zeros(3, 3).double()
+    ridge = RIDGE * torch.eye(3, dtype=torch.float64)
+    a = torch.cat(
+        [
+            torch.cat([phi[:half], zeros], 1),
+            torch.cat([ridge, zeros3], 1),
+            torch.cat([zeros, phi[half:]], 1),
+            torch.cat([zeros3, ridge], 1),
+        ]
+    )
+    b = torch.cat([g[:half], torch.zeros(3).double(), g[half:], torch.zeros(3).double()])
+    ev = torch.tensor([15 / 8, -5 / 4, 3 / 8], dtype=torch.float64)
+    sv = torch.tensor([2.0, -3.0, 1.0], dtype=torch.float64)
+    left, right = phi[[half - 1, half - 2, half - 3]].mT, phi[[half, half + 1, half + 2]].mT
+    c = torch.stack([torch.cat([left @ ev, -(right @ ev)]), torch.cat([left @ sv, right @ sv])])
+    return a, b, c
+
+
+def test_moe_c1_rows_match_the_joint_dense_system():
+    w, ws = 3.0, 7.0
+    moe = HardConstraintMoE(
+        fit_residual,
+        2,
+        (2,),
+        (X1,),
+        ridge=RIDGE,
+        interface_rows="c1",
+        interface_weight=w,
+        interface_slope_weight=ws,
+    )
+    _, result = moe(QUADRATICS, (TARGET,))
+    a, b, c = _c1_systems()
+    a = torch.cat([a, torch.tensor([[w], [ws]], dtype=torch.float64) * c])
+    omega = torch.linalg.lstsq(a, torch.cat([b, torch.zeros(2).double()]).unsqueeze(-1))
+    assert result.converged.all()
+    torch.testing.assert_close(
+        result.omega[0].reshape(-1), omega.solution.squeeze(-1), atol=1e-8, rtol=0
+    )
+
+
+def test_moe_c1_rows_remove_the_slope_jump():
+    # Bound. With weights w = w_s the C1 solve minimises ‖Aω − b‖² + w²‖Cω‖². At its minimiser
+    # ω*, this is at most its value at ω_c, the exactly-C1 fit (Cω_c = 0; KKT solve), and
+    # ‖Aω* − b‖ >= ‖Aω_u − b‖, ω_u the uncoupled fit (lstsq). So
+    # ‖Cω*‖ <= sqrt(‖Aω_c − b‖² − ‖Aω_u − b‖²) / w: the value and slope jumps at the face
+    # (grid units) are within that bound, which a value-only coupling does not meet.
+    w = 1e4
+    a, b, c = _c1_systems()
+    omega_u = torch.linalg.lstsq(a, b.unsqueeze(-1)).solution.squeeze(-1)
+    kkt = torch.cat([torch.cat([a.mT @ a, c.mT], 1), torch.cat([c, torch.zeros(2, 2).double()], 1)])
+    omega_c = torch.linalg.solve(kkt, torch.cat([a.mT @ b, torch.zeros(2).double()]))[:6]
+    gap = (a @ omega_c - b).square().sum() - (a @ omega_u - b).square().sum()
+    bound = gap.sqrt() / w
+
+    def field(**kwargs):
+        moe = HardConstraintMoE(fit_residual, 2, (2,), (X1,), ridge=RIDGE, tol=1e-6, **kwargs)
+        u, result = moe(QUADRATICS, (TARGET,))
+        assert result.converged.all()
+        return u
+
+    u_c1 = field(interface_rows="c1", interface_weight=w, interface_slope_weight=w)
+    u_value = field(interface_rows=True, interface_weight=100.0)
+    c1, value_only = _one_sided(u_c1), _one_sided(u_value)
+    assert ((c1[2] - c1[3]).abs() <= bound).all(), (c1, bound)
+    assert ((c1[0] - c1[1]).abs() <= bound).all(), (c1, bound)
+    # Value-only coupling leaves a kink above what C1 rows guarantee (the halves' fits differ).
+    assert ((value_only[2] - value_only[3]).abs() > 5 * bound).all(), (value_only, bound)
+    # The same normalised by face_jumps; one expert's field at the same place reads ~0 (the
+    # stencils are exact on one quadratic).
+    from lightning_dyn.functional import face_jumps
+
+    slope_c1, slope_value = face_jumps(u_c1, (2,)).slope, face_jumps(u_value, (2,)).slope
+    assert (slope_c1 < 1e-3 * slope_value).all(), (slope_c1, slope_value)
+    u_one, _ = HardConstraintMoE(fit_residual, 1, (1,), (X1,), ridge=RIDGE)(QUADRATICS, (TARGET,))
+    assert face_jumps(u_one, (2,)).slope.max() < 1e-10
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"interface_rows": "c2"}, "interface_rows"),
+        ({"interface_rows": "c1", "interface_slope_weight": 0.0}, "interface_slope_weight"),
+        ({"interface_rows": "c1", "interface_slope_weight": -1.0}, "interface_slope_weight"),
+        ({"interface_rows": "c1", "interface_slope_weight": True}, "interface_slope_weight"),
+        ({"interface_rows": "c1", "interface_slope_weight": float("inf")}, "finite"),
+        ({"interface_rows": True, "interface_slope_weight": 1.0}, "interface_rows='c1'"),
+        ({"interface_slope_weight": 1.0}, "interface_rows='c1'"),
+        ({"interface_rows": "c1", "overlap": 1}, "overlap=0"),
+        ({"interface_rows": "c1", "partition": (1, 4), "experts": 4}, "at least 3 points"),
+        ({"interface_rows": "c1", "expert_parallel": True}, "interface_rows='c1'"),
+    ],
+)
+def test_moe_bad_c1_arguments(kwargs, name):
+    options = {"experts": 2, "partition": (1, 2), **kwargs}
+    with pytest.raises(ValueError, match=name):
+        HardConstraintMoE(heat_residual, grid_shape=(T, X), **options)
