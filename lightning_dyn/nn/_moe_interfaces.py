@@ -6,17 +6,24 @@ every expert's own rows (its block residual and ridge rows, exactly as in the in
 plus, for every pair of blocks sharing a face, ``weight · Φ_p (ω_k − ω_j)`` at the points ``p``
 next to that face, which ask both experts to give the same field there. The price is a coupled
 solve of ``K·N`` unknowns (it cannot be split over ranks), against ``K`` solves of ``N``.
+
+Value rows leave kinks. ``interface_rows="c1"`` replaces them by trace rows (:func:`trace_pairs`):
+per line crossing a face, the one-sided quadratic value and slope of expert ``k`` from its own
+3 points next to the face against expert ``j``'s from the other side, the same stencils that
+``functional.face_jumps`` reads on the assembled field, so its jumps are the rows' residuals.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightning_dyn.functional.face_jumps import EXTRAPOLATION, SLOPE
+from lightning_dyn.functional.least_squares import solve_least_squares
 
 
 def _faces(
@@ -162,12 +169,12 @@ def coupled_residual(
 
     ``block_residual(ω_k, (basis_k, *data_k))`` gives expert ``k``'s rows (ridge included);
     ``indices[k]`` are its block's flat points; ``per_point`` says which data tensors are
-    restricted to the block (the others are passed whole). Value rows ``weight · Φ_p (ω_k −
-    ω_j)`` on the ``pairs``' points (``"value"``); for the ``traces`` of :func:`trace_pairs`
-    (``"c1"``), per line crossing the face, ``weight · (E Φ_left ω_k − E Φ_right ω_j)`` and
-    ``slope_weight · (D Φ_left ω_k − D' Φ_right ω_j)``, with ``E`` the one-sided quadratic
-    extrapolation to the face and ``D``, ``D' = −D`` its derivative times the spacing from
-    either side (``face_jumps``' ``EXTRAPOLATION`` and ``SLOPE``).
+    restricted to the block (the others are passed whole). Value rows
+    ``weight · Φ_p (ω_k − ω_j)`` on the ``pairs``' points (``"value"``); for the ``traces`` of
+    :func:`trace_pairs` (``"c1"``), per line crossing the face, with ``v_k = Φ ω_k``,
+    ``weight · (E v_k,left − E v_j,right)`` and ``slope_weight · (D v_k,left − D' v_j,right)``,
+    with ``E`` the one-sided quadratic extrapolation to the face and ``D``, ``D' = −D`` its
+    derivative times the spacing from either side (``face_jumps``' ``EXTRAPOLATION`` and ``SLOPE``).
     """
 
     stencils = torch.tensor([EXTRAPOLATION, SLOPE], dtype=torch.float64)  # (2, 3)
@@ -183,8 +190,9 @@ def coupled_residual(
             rows.append(weight * (basis[points] @ (omegas[k] - omegas[j])))
         for k, j, left, right in traces:
             # (value, h ∂u) of expert k at the face from the left, of expert j from the right.
-            from_left = torch.einsum("si,lin->sln", stencils.to(basis), basis[left]) @ omegas[k]
-            from_right = torch.einsum("si,lin->sln", stencils.to(basis), basis[right]) @ omegas[j]
+            st = stencils.to(basis)
+            from_left = st @ (basis[left] @ omegas[k]).mT  # (2, L)
+            from_right = st @ (basis[right] @ omegas[j]).mT
             rows.append(weight * (from_left[0] - from_right[0]))
             rows.append(slope_weight * (from_left[1] + from_right[1]))  # right weights: −SLOPE
         return torch.cat(rows)
@@ -205,3 +213,34 @@ def interface_jump(basis: Tensor, omega: Tensor, pairs: list[tuple[int, int, Ten
         for k, j, points in pairs
     ]
     return torch.cat(diffs, dim=1).square().mean(dim=(1, 2)).sqrt()
+
+
+def solve_coupled(
+    moe: Any, basis: Tensor, data: tuple[Tensor, ...], per_point: list[bool]
+) -> tuple[Tensor, Tensor]:
+    """All experts of ``moe`` and their interface rows in one solve: ``ω`` ``(B, K, N)`` and the
+    diagnostics ``(B, K, 4)`` (the joint solve's, repeated per expert)."""
+    from lightning_dyn.nn.hard_constraint_moe import _stats
+
+    batch, _, n_basis = basis.shape
+    layer = moe.layer
+    residual = coupled_residual(
+        layer._residual,
+        moe._indices,
+        per_point,
+        [] if moe._traces else moe._pairs,
+        moe.interface_weight,
+        n_basis,
+        moe._traces,
+        moe.interface_slope_weight,
+    )
+    res = solve_least_squares(
+        residual,
+        (basis, *data),
+        basis.new_zeros(batch, moe.experts * n_basis, dtype=torch.float64),
+        max_iter=layer.max_iter,
+        tol=layer.tol,
+        on_failure=layer.on_failure,
+    )
+    omega = res.omega.reshape(batch, moe.experts, n_basis)
+    return omega, _stats(res)[:, None].expand(batch, moe.experts, 4)

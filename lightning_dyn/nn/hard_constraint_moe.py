@@ -20,10 +20,10 @@ from lightning_dyn.functional.least_squares import (
     solve_least_squares,
 )
 from lightning_dyn.nn._moe_interfaces import (
-    coupled_residual,
     interface_jump,
     interface_kind,
     interface_pairs,
+    solve_coupled,
     trace_pairs,
 )
 from lightning_dyn.nn._moe_parallel import check_same_input, exchange
@@ -98,7 +98,15 @@ class HardConstraintMoE(nn.Module):
     blocks sharing a face, ``interface_weight · Φ_p (ω_k − ω_j)`` at the points within
     ``max(1, overlap)`` of the face (``_moe_interfaces.interface_pairs``), so that neighbours
     agree where they meet. The coupled solve has ``K·N`` unknowns and is not split over ranks.
-    ``interface_jump`` measures the disagreement either way.
+    ``interface_jump`` measures the disagreement either way. Value rows leave kinks: the
+    assembled field shows each expert on its own side only. ``interface_rows="c1"`` (overlap 0)
+    instead matches, per line crossing each face, expert ``k``'s one-sided value AND normal slope
+    at the face (quadratic through its own 3 nearest points) with expert ``j``'s from the other
+    side, weights ``interface_weight`` and ``interface_slope_weight`` (slopes in grid units, so
+    both kinds are of one scale): the discrete C1 condition that ``functional.face_jumps``
+    reads on the assembled field. One-sided, not central: a central difference across the face
+    compares the experts' extensions into each other's block, which the field never shows.
+    Cost: 2 rows per line and face (``_moe_interfaces.trace_pairs``), still ``K·N`` unknowns.
 
     Expert parallelism (``expert_parallel``): the ``K`` solves are split over the ranks of the
     default ``torch.distributed`` process group; rank ``r`` of ``W`` solves experts ``r, r + W,
@@ -140,8 +148,11 @@ class HardConstraintMoE(nn.Module):
         max_iter: Most Levenberg-Marquardt iterations per solve (``>= 1``).
         tol: Convergence tolerance on ``‖J^T r‖``.
         on_failure: ``"warn"``, ``"raise"`` or ``"ignore"`` when some solves did not converge.
-        interface_rows: Couple neighbouring experts by continuity rows (see above).
-        interface_weight: Weight of the continuity rows (``> 0``).
+        interface_rows: ``False``, ``True`` (= ``"value"``: value rows) or ``"c1"`` (value and
+            slope rows at the faces, ``overlap=0``, blocks of >= 3 points); see above.
+        interface_weight: Weight of the value rows (``> 0``).
+        interface_slope_weight: Weight of ``"c1"``'s slope rows (``> 0``); ``None``:
+            ``interface_weight``. Refused with any other ``interface_rows``.
         periodic: One bool per axis of ``grid_shape``: along a periodic axis the last and first
             blocks are neighbours too (continuity rows and ``interface_jump`` at the wrap);
             default none. Blocks and overlap do not wrap.
@@ -149,7 +160,7 @@ class HardConstraintMoE(nn.Module):
             ``torch.distributed`` is available and initialised with world size > 1, at each
             ``forward``; ``True``: always (``forward`` raises ``ValueError`` if no process group is
             initialised); ``False``: always solve every expert locally. With
-            ``interface_rows=True`` the coupled solve runs whole on every rank (``"auto"``), and
+            ``interface_rows`` the coupled solve runs whole on every rank (``"auto"``), and
             ``True`` is refused.
 
     Raises:
@@ -350,7 +361,7 @@ class HardConstraintMoE(nn.Module):
         data = _check_data(constraint_data, batch)
         per_point = self._per_point(data, points)
         if self.interface_rows and self.experts > 1:
-            world, (omega, stats) = 1, self._solve_coupled(basis, data, per_point)
+            world, (omega, stats) = 1, solve_coupled(self, basis, data, per_point)
         else:
             world, rank = self._world()
             if world > 1:
@@ -381,33 +392,6 @@ class HardConstraintMoE(nn.Module):
         ``omega`` is ``result.omega`` ``(B, K, N)``; zero when there is one expert.
         """
         return interface_jump(basis, omega, self._pairs)
-
-    def _solve_coupled(
-        self, basis: Tensor, data: tuple[Tensor, ...], per_point: list[bool]
-    ) -> tuple[Tensor, Tensor]:
-        """All experts and the continuity rows in one solve: ``ω`` ``(B, K, N)``, stats."""
-        batch, _, n_basis = basis.shape
-        layer = self.layer
-        residual = coupled_residual(
-            layer._residual,
-            self._indices,
-            per_point,
-            [] if self._traces else self._pairs,
-            self.interface_weight,
-            n_basis,
-            self._traces,
-            self.interface_slope_weight,
-        )
-        res = solve_least_squares(
-            residual,
-            (basis, *data),
-            basis.new_zeros(batch, self.experts * n_basis, dtype=torch.float64),
-            max_iter=layer.max_iter,
-            tol=layer.tol,
-            on_failure=layer.on_failure,
-        )
-        omega = res.omega.reshape(batch, self.experts, n_basis)
-        return omega, _stats(res)[:, None].expand(batch, self.experts, 4)
 
     def _world(self) -> tuple[int, int]:
         """``(world_size, rank)`` to split the experts over; ``(1, 0)`` when local."""

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dyn._checks import check_choice, check_positive_int, check_real
+from lightning_dyn.functional.face_jumps import block_faces, face_jumps
 from lightning_dyn.loggers import log_figure
 from lightning_dyn.nn.hard_constraint import HardConstraintLayer
 from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
@@ -115,7 +116,12 @@ class PDEModule(pl.LightningModule):
     solve) and ``train/solve_ms`` (wall time of the forward solve); for ``moe`` also
     ``train/interface_jump`` (RMS disagreement of neighbouring experts next to their faces,
     ``HardConstraintMoE.interface_jump``) and ``train/interface_residual_share`` (the share of
-    ``Σ r²`` on the points next to inner block edges, ``interface_mask``). At the end of each
+    ``Σ r²`` on the points next to inner block edges, ``interface_mask``). For EVERY arm,
+    ``{train,val}/face_value_jump`` and ``{train,val}/face_slope_jump``: the mean over samples of
+    the largest jump of the field and of its normal derivative across the faces of ``partition``
+    (:func:`~lightning_dyn.functional.face_jumps`, normalised by the field's range and largest
+    slope; a smooth field reads about the discretisation error, a kink or step ``O(1)``), read
+    at the same places for soft, hard and MoE, so K=1 and K=4 are compared. At the end of each
     validation, ``figure=True`` logs ``pde/field``: reference, prediction and error of the first
     validation sample with the expert blocks drawn (W&B image, or a PNG without W&B).
 
@@ -124,10 +130,14 @@ class PDEModule(pl.LightningModule):
         constraint: ``"soft"``, ``"hard"`` or ``"moe"`` (see the module docstring).
         n_basis: basis functions ``N``.
         width: hidden width of the trunk and branch MLPs (two tanh layers each).
-        experts, partition, overlap, interface_rows, interface_weight: of
-            :class:`HardConstraintMoE` (``moe`` only); ``partition`` counts blocks along (time
-            rows ``1..T-1``, space). Space is periodic for Burgers, so the first and last
-            blocks in space are neighbours too. ``interface_weight`` 100: on an untrained basis
+        experts, partition, overlap, interface_rows, interface_weight,
+            interface_slope_weight: of :class:`HardConstraintMoE` (``moe`` only, except
+            ``partition``, which every arm uses to read its face jumps); ``partition`` counts
+            blocks along (time rows ``1..T-1``, space), at least 3 points per block. Space is
+            periodic for Burgers, so the first and last blocks in space are neighbours too.
+            ``interface_rows="c1"`` matches value AND slope at every face (weights
+            ``interface_weight`` and ``interface_slope_weight``, ``None``: the same);
+            ``True`` (``"value"``) the value only. ``interface_weight`` 100: on an untrained basis
             (Burgers, K=4) the blended field's residual was 86 / 38 / 45 for weights 10 / 100 /
             1000, the hard K=1 field's 61.
         expert_parallel: of :class:`HardConstraintMoE`; ``"auto"`` splits the experts over the
@@ -150,8 +160,9 @@ class PDEModule(pl.LightningModule):
         experts: int = 4,
         partition: Sequence[int] = (1, 4),
         overlap: int = 0,
-        interface_rows: bool = False,
+        interface_rows: bool | str = False,
         interface_weight: float = 100.0,
+        interface_slope_weight: float | None = None,
         expert_parallel: bool | str = "auto",
         lm_iterations: int = 10,
         ridge: float = 1e-4,
@@ -171,9 +182,17 @@ class PDEModule(pl.LightningModule):
         check_real("ridge", ridge)
         if not isinstance(figure, bool):
             raise ValueError(f"figure must be True or False; got {figure!r}.")
+        parts = tuple(partition) if isinstance(partition, Sequence) else partition
+        if not isinstance(parts, tuple) or len(parts) != 2:
+            raise ValueError(
+                f"partition must be a pair of block counts (time rows, space); got {partition!r}."
+            )
+        # Every arm's face jumps are read at `partition` (the blocks an MoE would have).
+        block_faces((n_t - 1, n_x), parts)
         self.save_hyperparameters(ignore=["optimizer"])
         self.problem = make_problem(problem, nu, t_final)
         self.constraint, self.figure = constraint, figure
+        self.jump_partition = parts
         self.n_x, self.n_t = n_x, n_t
         x, t = self.problem.grid(n_x, n_t)
         tt, xx = torch.meshgrid(t, x, indexing="ij")
@@ -192,8 +211,7 @@ class PDEModule(pl.LightningModule):
             )
         else:
             check_positive_int("experts", experts)
-            parts = tuple(partition) if isinstance(partition, Sequence) else partition
-            if not isinstance(parts, tuple) or math.prod(parts) != experts:
+            if math.prod(parts) != experts:
                 raise ValueError(
                     f"partition={partition!r} must be a pair of block counts (time, space) whose "
                     f"product equals experts={experts}."
@@ -210,6 +228,7 @@ class PDEModule(pl.LightningModule):
                 expert_parallel=expert_parallel,
                 interface_rows=interface_rows,
                 interface_weight=interface_weight,
+                interface_slope_weight=interface_slope_weight,
                 periodic=(False, self.problem.periodic_x),
             )
         self.optimizer_factory = optimizer or _default_optimizer()
@@ -286,6 +305,14 @@ class PDEModule(pl.LightningModule):
         u = torch.cat([u0[:, None, :], u_rest.reshape(batch, n_t - 1, n_x)], dim=1)
         return u, result
 
+    def face_jumps(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Per sample, the largest normalised value and slope jump of ``u`` ``(B, T, X)``
+        across the faces of ``partition`` on the rows after ``t = 0`` (the MoE's grid), the
+        wrap in space included for Burgers: ``face_jumps`` reduced over faces, ``(B,)`` each."""
+        periodic = (False, self.problem.periodic_x)
+        jumps = face_jumps(u[:, 1:], self.jump_partition, periodic)
+        return jumps.value.amax(1), jumps.slope.amax(1)
+
     def _step(self, batch: Any, stage: str) -> Tensor:
         u0, u_ref = batch
         u, result = self(u0)
@@ -299,6 +326,9 @@ class PDEModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True, prog_bar=stage == "train")
         rel = relative_l2(u.detach(), u_ref.to(torch.float64))
         self.log(f"{stage}/rel_l2", rel, batch_size=n, sync_dist=True, prog_bar=True)
+        value, slope = self.face_jumps(u.detach())
+        self.log(f"{stage}/face_value_jump", value.mean(), batch_size=n, sync_dist=True)
+        self.log(f"{stage}/face_slope_jump", slope.mean(), batch_size=n, sync_dist=True)
         if result is not None:
             iters = result.iterations.to(torch.float64).mean()
             self.log(f"{stage}/lm_iterations", iters, batch_size=n, sync_dist=True)

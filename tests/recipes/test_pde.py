@@ -31,7 +31,7 @@ def data() -> PDEDataModule:
     return dm
 
 
-def _module(constraint: str, seed: int = 0, **kwargs) -> PDEModule:
+def _module(constraint: str = "hard", seed: int = 0, **kwargs) -> PDEModule:
     torch.manual_seed(seed)
     return PDEModule(constraint=constraint, **{**MODEL, **kwargs})
 
@@ -81,8 +81,10 @@ ARMS = [
     ("burgers", "hard", {}),
     ("burgers", "moe", {}),
     ("burgers", "moe", {"interface_rows": True}),
+    ("burgers", "moe", {"interface_rows": "c1", "interface_slope_weight": 10.0}),
     ("diffusion_sorption", "hard", {}),
     ("diffusion_sorption", "moe", {"overlap": 1, "interface_rows": True}),
+    ("diffusion_sorption", "moe", {"interface_rows": "c1"}),
 ]
 
 
@@ -100,6 +102,10 @@ def test_each_arm_trains(
     assert torch.isfinite(metrics["val/rel_l2"])
     logged = trainer.logger.keys()
     assert {"train/loss", "train/rel_l2", "val/rel_l2"} <= logged
+    # Every arm, K=1 included, reads its face jumps at `partition` (here the default (1, 4)).
+    jumps = {f"{s}/face_{k}_jump" for s in ("train", "val") for k in ("value", "slope")}
+    assert jumps <= logged
+    assert all(0 <= float(metrics[k]) < float("inf") for k in jumps)
     if constraint != "soft":
         assert {"train/lm_iterations", "train/lm_residual", "train/solve_ms"} <= logged
     if constraint == "moe":
@@ -166,6 +172,27 @@ def test_moe_solves_each_block(data: PDEDataModule) -> None:
     assert (result.gradient_norm < 1e-6).all()
 
 
+def test_c1_rows_shrink_the_logged_face_jumps() -> None:
+    # Same seed, same basis: value rows leave a slope jump that C1 rows remove; K=1 reads the
+    # same faces (partition (1, 4)) and has no block edge to jump across. 64 points in space:
+    # on 16 the fields vary on the grid scale and every arm reads O(1).
+    dm = PDEDataModule(n_x=64, n_t=5, n_train=2, n_val=1)
+    dm.setup()
+    u0, _ = dm.train_set.tensors
+    jumps = {}
+    for name, kwargs in [
+        ("value", {"constraint": "moe", "interface_rows": True}),
+        ("c1", {"constraint": "moe", "interface_rows": "c1", "interface_weight": 1e3}),
+        ("hard", {"constraint": "hard"}),
+    ]:
+        module = _module(lm_iterations=50, n_x=64, n_t=5, **kwargs)
+        u, _ = module(u0)
+        jumps[name] = [j.mean().item() for j in module.face_jumps(u.detach())]
+    assert jumps["c1"][1] < 0.1 * jumps["value"][1], jumps
+    assert jumps["c1"][0] < jumps["value"][0], jumps
+    assert jumps["hard"][1] < 0.1 * jumps["value"][1], jumps
+
+
 def test_relative_l2() -> None:
     ref = torch.ones(2, 3, 4, dtype=torch.float64)
     assert relative_l2(ref, ref) == 0
@@ -180,6 +207,10 @@ def test_relative_l2() -> None:
         ({"constraint": "moe", "experts": 3, "partition": (1, 4)}, "partition"),
         ({"constraint": "moe", "experts": 4, "partition": (1, 4), "overlap": -1}, "overlap"),
         ({"lm_iterations": 0}, "lm_iterations"),
+        ({"constraint": "hard", "partition": (1, 8)}, "partition"),  # 2-point blocks
+        ({"constraint": "soft", "partition": 4}, "partition"),
+        ({"constraint": "moe", "interface_rows": "c1", "overlap": 1}, "overlap"),
+        ({"constraint": "moe", "interface_slope_weight": 1.0}, "interface_slope_weight"),
         ({"n_t": 2}, "n_t"),
     ],
 )
