@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 
@@ -57,3 +57,33 @@ def check_callable(name: str, value: Any, signature: str, optional: bool = True)
             + (" or None" if optional else "")
             + f"; got {type(value).__name__} {value!r}."
         )
+
+
+def check_partition(partition: Any, grid: tuple[int, ...]) -> tuple[int, ...]:
+    """``partition`` as a tuple, or ``ValueError`` unless it gives an int ``>= 1`` per axis."""
+    parts = tuple(partition) if isinstance(partition, Sequence) else None
+    if (
+        parts is None
+        or len(parts) != len(grid)
+        or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in parts)
+    ):
+        raise ValueError(
+            f"partition must give an int >= 1 blocks for each of the {len(grid)} axes of "
+            f"grid_shape={grid}; got {partition!r}."
+        )
+    return parts
+
+
+def check_periodic(periodic: Any, grid: tuple[int, ...]) -> tuple[bool, ...]:
+    """``periodic`` as a tuple (``None``: no axis), or ``ValueError`` unless a bool per axis."""
+    if periodic is None:
+        return (False,) * len(grid)
+    if (
+        not isinstance(periodic, Sequence)
+        or len(periodic) != len(grid)
+        or not all(isinstance(p, bool) for p in periodic)
+    ):
+        raise ValueError(
+            f"periodic must be None or one bool per axis of grid_shape={grid}; got {periodic!r}."
+        )
+    return tuple(periodic)

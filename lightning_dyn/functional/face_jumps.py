@@ -44,6 +44,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lightning_dyn._checks import check_partition, check_periodic
+
 __all__ = ["EXTRAPOLATION", "SLOPE", "FaceJumps", "block_faces", "face_jumps"]
 
 EXTRAPOLATION = (15 / 8, -5 / 4, 3 / 8)
@@ -73,26 +75,7 @@ def block_faces(
             bool per axis, or a block has fewer than 3 points along a partitioned axis.
     """
     grid = tuple(grid_shape)
-    parts = tuple(partition) if isinstance(partition, Sequence) else None
-    if (
-        parts is None
-        or len(parts) != len(grid)
-        or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in parts)
-    ):
-        raise ValueError(
-            f"partition must give an int >= 1 blocks for each of the {len(grid)} axes of the "
-            f"grid {grid}; got {partition!r}."
-        )
-    if periodic is None:
-        periodic = (False,) * len(grid)
-    if (
-        not isinstance(periodic, Sequence)
-        or len(periodic) != len(grid)
-        or not all(isinstance(p, bool) for p in periodic)
-    ):
-        raise ValueError(
-            f"periodic must be None or one bool per axis of the grid {grid}; got {periodic!r}."
-        )
+    parts, periodic = check_partition(partition, grid), check_periodic(periodic, grid)
     faces = []
     for axis, (n, m) in enumerate(zip(grid, parts, strict=True)):
         if m == 1:

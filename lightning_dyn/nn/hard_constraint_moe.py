@@ -13,7 +13,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lightning_dyn._checks import check_positive_int, check_real
+from lightning_dyn._checks import (
+    check_partition,
+    check_periodic,
+    check_positive_int,
+    check_real,
+)
 from lightning_dyn.functional.face_jumps import block_faces
 from lightning_dyn.functional.least_squares import (
     LeastSquaresResult,
@@ -214,16 +219,7 @@ class HardConstraintMoE(nn.Module):
             raise ValueError(
                 f"grid_shape must be a non-empty tuple of ints >= 1; got {grid_shape!r}."
             )
-        parts = tuple(partition) if isinstance(partition, Sequence) else None
-        if (
-            parts is None
-            or len(parts) != len(grid)
-            or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in parts)
-        ):
-            raise ValueError(
-                f"partition must give an int >= 1 blocks for each of the {len(grid)} axes of "
-                f"grid_shape={grid}; got {partition!r}."
-            )
+        parts = check_partition(partition, grid)
         if math.prod(parts) != experts:
             raise ValueError(
                 f"partition={parts} makes {math.prod(parts)} blocks, but experts={experts}; the "
@@ -255,16 +251,7 @@ class HardConstraintMoE(nn.Module):
         self.overlap = overlap
         self.shared_rows = None if shared_rows is None else tuple(shared_rows)
         self._build_blocks()
-        if periodic is not None and (
-            not isinstance(periodic, Sequence)
-            or len(periodic) != len(grid)
-            or not all(isinstance(p, bool) for p in periodic)
-        ):
-            raise ValueError(
-                f"periodic must be None or one bool per axis of grid_shape={grid}; got "
-                f"{periodic!r}."
-            )
-        self.periodic = tuple(periodic) if periodic is not None else (False,) * len(grid)
+        self.periodic = check_periodic(periodic, grid)
         self._pairs = interface_pairs(grid, parts, overlap, self.periodic)
         self._traces = []
         if kind == "c1":  # its value rows are the traces', not the shared points'
