@@ -8,7 +8,7 @@ the first step at which a pair was flagged and the gradient cosines of the flagg
 
     python benchmarks/opposing_signals_detection.py
     python benchmarks/opposing_signals_detection.py --dataset digits --lr 0.1 --seeds 0 1
-    python benchmarks/opposing_signals_detection.py --lr 0.05 --patch-value 8 --cos-threshold 0.5
+    python benchmarks/opposing_signals_detection.py --lr 0.05 --planted-strength 8
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def run(
     seed: int,
     steps: int,
     lr: float,
-    patch_value: float,
+    planted_strength: float,
     cos_threshold: float,
 ) -> dict[str, object]:
     pl.seed_everything(seed, verbose=False)
@@ -46,7 +46,7 @@ def run(
         planted=planted,
         seed=seed,
         num_classes=num_classes,
-        patch_value=patch_value,
+        planted_strength=planted_strength,
     )
     module = OpposingSignalsModule(
         num_classes=num_classes, optimizer=functools.partial(torch.optim.SGD, lr=lr)
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=0.03, help="full-batch SGD learning rate")
-    parser.add_argument("--patch-value", type=float, default=12.0)
+    parser.add_argument("--planted-strength", type=float, default=12.0)
     parser.add_argument("--cos-threshold", type=float, default=0.8)
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -82,7 +82,7 @@ def main() -> None:
     print("```bash\npython " + shlex.join(sys.argv) + "\n```\n")
     print(
         f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}; "
-        f"dataset {args.dataset}, patch value {args.patch_value}, SGD lr {args.lr}, "
+        f"dataset {args.dataset}, planted strength {args.planted_strength}, SGD lr {args.lr}, "
         f"{args.steps} full-batch steps, detector k=32 window=8 corr_threshold=0.5 "
         f"cos_threshold={args.cos_threshold}\n"
     )
@@ -95,7 +95,7 @@ def main() -> None:
                 seed,
                 args.steps,
                 args.lr,
-                args.patch_value,
+                args.planted_strength,
                 args.cos_threshold,
             )
             if columns is None:

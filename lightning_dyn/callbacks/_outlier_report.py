@@ -6,13 +6,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch import Tensor
 
 from lightning_dyn.callbacks._probe import Probe
+from lightning_dyn.functional.opposing_groups import OpposingGroup
+from lightning_dyn.functional.pair_search import antiphase_matrix, group_loss_series
 from lightning_dyn.loggers import image_grid, log_figure, log_table
 
 TABLE_COLUMNS = (
     "step",
+    "first_step",
+    "persistence",
     "pair",
     "group",
     "size",
@@ -52,26 +57,61 @@ def examples_cell(probe: Probe, positions: Tensor, loader: Any, limit: int) -> A
 
 
 def loss_figure(record: Mapping[str, Any]) -> Any:
-    """The two groups' mean probe losses over the window that ended in the detection."""
+    """The two sides' mean probe losses over the window of the report, each minus its own window
+    mean: the sides' levels can differ by orders of magnitude, their antiphase swing is what
+    matters, and on a shared scale around zero it is visible (levels are in the legend)."""
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(5, 3), dpi=100)
-    for name, losses in zip(record["groups"], record["losses"], strict=True):
-        axes.plot(record["steps"], losses, marker="o", label=name)
-    axes.axvline(record["step"], color="grey", linestyle=":", label="detection")
-    axes.set(xlabel="optimizer step", ylabel="mean probe loss")
-    axes.set_title(
-        f"corr {record['pair_corr']:.2f}, grad cos {record['pair_grad_cos']:.2f}", fontsize=9
-    )
-    axes.legend(fontsize=8)
+    for name, losses, marker in zip(record["groups"], record["losses"], "os", strict=True):
+        mean = sum(losses) / len(losses)
+        deviations = [value - mean for value in losses]
+        axes.plot(record["steps"], deviations, marker=marker, label=f"{name} (mean {mean:.3g})")
+    axes.axhline(0.0, color="grey", linewidth=0.8)
+    axes.axvline(record["step"], color="grey", linestyle=":", label="report")
+    axes.set(xlabel="optimizer step", ylabel="mean probe loss - window mean")
+    title = f"corr {record['pair_corr']:.2f}, grad cos {record['pair_grad_cos']:.2f}"
+    if "first_step" in record:
+        title += f", tracked since step {record['first_step']}"
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7)
     figure.tight_layout()
     return figure
+
+
+def pair_record(
+    probe: Probe,
+    step: int,
+    names: tuple[str, str],
+    sides: tuple[Tensor, Tensor],
+    steps: Tensor,
+    window: Tensor,
+    cos: float,
+    group: OpposingGroup | None = None,
+) -> dict[str, Any]:
+    """What a table row and the loss figure show of two sides (a fragment or a tracked group)."""
+    ids = torch.full(sides[0].shape, -1, dtype=torch.long)
+    ids[sides[1]], ids[sides[0]] = 1, 0
+    series = group_loss_series(window, ids, 2)
+    record = {
+        "step": step,
+        "groups": names,
+        "pair_corr": float(antiphase_matrix(series)[0, 1]),
+        "pair_grad_cos": cos,
+        "positions": tuple(m.nonzero().flatten() for m in sides),
+        "indices": tuple(probe.indices[m].tolist() for m in sides),
+        "steps": steps.tolist(),
+        "losses": (series[:, 0].tolist(), series[:, 1].tolist()),
+    }
+    if group is not None:
+        record.update(first_step=group.first_step, persistence=group.persistence)
+    return record
 
 
 def log_detection(
     trainer: pl.Trainer, probe: Probe, records: Sequence[Mapping[str, Any]], limit: int
 ) -> None:
-    """Log the table of flagged pairs and the loss figure of the first (global rank 0 only)."""
+    """Log the table of the tracked groups and the loss figure of the largest (rank 0 only)."""
     if not trainer.is_global_zero:
         return
     loader = trainer.train_dataloader
@@ -83,6 +123,8 @@ def log_detection(
             rows.append(
                 [
                     record["step"],
+                    record.get("first_step", record["step"]),
+                    record.get("persistence", 1),
                     number,
                     name,
                     len(indices),
@@ -94,4 +136,5 @@ def log_detection(
             )
     step = records[0]["step"]
     log_table(trainer, "opposing/pairs", TABLE_COLUMNS, rows, step=step)
-    log_figure(trainer, "opposing/loss_curves", loss_figure(records[0]), step=step)
+    largest = max(records, key=lambda r: sum(len(side) for side in r["indices"]))
+    log_figure(trainer, "opposing/loss_curves", loss_figure(largest), step=step)

@@ -1,7 +1,8 @@
-"""Detector of paired outlier groups with opposing signals (Rosenfeld & Risteski, 2311.04163)."""
+"""Detector of opposing groups of training examples (Rosenfeld & Risteski, 2311.04163)."""
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_dyn._checks import check_bool, check_callable, check_fraction, check_positive_int
+from lightning_dyn._checks import check_callable, check_positive_int
 from lightning_dyn.callbacks._adapters import (
     LOGITS_FN_SIGNATURE,
     ForwardFirstInput,
@@ -22,98 +23,97 @@ from lightning_dyn.callbacks._divergence import DivergenceGuard
 from lightning_dyn.callbacks._features import FeatureCapture, last_linear_name
 from lightning_dyn.callbacks._intervals import due_at_step
 from lightning_dyn.callbacks._measurement import is_sharded, probe_gradients, probe_pass, whole
-from lightning_dyn.callbacks._outlier_report import log_detection
+from lightning_dyn.callbacks._outlier_report import log_detection, pair_record
 from lightning_dyn.callbacks._probe import Probe, build_probe, chunked, gather_by_position, take
+from lightning_dyn.functional.opposing_groups import (
+    OpposingGroup,
+    OpposingSearchConfig,
+    candidate_groups,
+    flag_pairs,
+    track_groups,
+)
 from lightning_dyn.functional.opposing_signals import (
     group_gradient_cosine,
-    mean_per_example,
+    losses_per_example,
     sketch_gradient,
-    top_loss_changes,
 )
-from lightning_dyn.functional.pair_search import (
-    antiphase_matrix,
-    feature_groups,
-    group_loss_series,
-    oscillation_count,
-)
+from lightning_dyn.functional.pair_search import group_loss_series
 
 GroupFn = Callable[[Tensor, Any], Tensor]
 LossFn = Callable[..., Tensor]
 
 
 class OutlierPairDetector(pl.Callback):
-    """Finds pairs of training-example groups that pull the network in opposite directions.
+    """Finds groups of training examples that pull the network in opposite directions.
 
     Rosenfeld & Risteski (arXiv 2311.04163) show that groups of examples sharing a large,
     consistent feature but differing in label (sky in planes vs. boats) have opposing gradients;
     once the network sharpens, their losses oscillate in antiphase and can make the whole loss
     spike. Every ``every_n_steps`` optimizer steps this callback evaluates the per-example loss
-    of a fixed probe of training examples (drawn at ``on_train_start`` and converted to the
-    training precision; eval mode, no ``.grad`` touched, every submodule's own mode restored)
-    into a ring buffer of the last ``window`` evaluations (``probe × window`` floats, whatever
-    the length of training). Every ``grad_check_every`` evaluations, once the buffer is full, it
-    searches for opposing pairs:
+    of a fixed probe of training examples (drawn at ``on_train_start``, converted to the training
+    precision; eval mode, no ``.grad`` touched, every submodule's own mode restored) into a ring
+    buffer of the last ``window`` evaluations (``probe × window`` floats). Every
+    ``grad_check_every`` evaluations, once the buffer is full, it searches
+    (``functional.opposing_groups``):
 
-    1. the ``k`` examples whose loss rose most and the ``k`` whose loss fell most since the
-       previous evaluation are the candidates (the paper's ranking);
-    2. they are grouped by ``group_fn`` (e.g. label or a user attribute: every probe example of a
-       candidate's group joins), or else by k-means (``n_clusters``) on their penultimate
-       features, each cluster split by target and extended to the probe examples within its
-       radius (``functional.feature_groups``);
-    3. a pair of groups is *antiphase* when both losses oscillate (their changes flip sign at
-       least ``min_flips`` times in the window) and the correlation of their changes is below
-       ``-corr_threshold``;
-    4. for the ``max_pairs`` most antiphase pairs, the cosine of the two groups' mean-loss
-       gradients is computed (exactly, or on a ``sketch_dim`` random projection); the pair is
-       *flagged* when it is below ``-cos_threshold``.
+    1. the ``k`` examples whose loss rose most and fell most since the previous evaluation are
+       grouped by ``group_fn`` (every probe example of a candidate's group joins), or by k-means
+       (``n_clusters``) on their penultimate features, split by target and extended to the probe
+       examples within each cluster's radius;
+    2. a pair of groups is *antiphase* when both losses flip direction ``min_flips`` times in the
+       window and the correlation of their changes is below ``-corr_threshold``; for the
+       ``max_pairs`` most antiphase pairs the cosine of the groups' mean-loss gradients is
+       computed (exactly, or on a ``sketch_dim`` random projection) and the pair is *flagged*
+       below ``-cos_threshold``;
+    3. a flagged pair is a fragment of an opposing group: it starts a tracked group or joins the
+       one it overlaps or moves with. While a tracked group's sides stay antiphase with opposing
+       gradients, a probe example joins a side after swinging with it (regression coefficient of
+       its loss changes on the side's at least ``join_amplitude``) at ``persistence`` searches in
+       a row, and leaves after ``persistence`` searches of swinging as much without following
+       it; an example whose loss stopped moving (learned) stays. With ``split_by_target`` only
+       examples of a side's label, and with features only examples nearer the side's feature
+       centroid than the rest of that label's, can join it. Groups that meet merge.
 
-    Logged every evaluation: ``opposing/probe_loss``; every search: ``opposing/num_groups``,
-    ``opposing/num_flagged``, and for the reported pair (the first flagged one, else the most
-    antiphase one) ``opposing/pair_corr``, ``opposing/group_loss_a``, ``opposing/group_loss_b``
-    and, when its gradients were compared, ``opposing/pair_grad_cos``. On the first search that
-    flags a pair, then at most once per ``report_every`` evaluations, a table of the flagged
-    pairs with pictures of their examples (or raw rows) and a figure of the two groups' losses
-    over the window go to W&B, or to files under the logger's directory (``lightning_dyn.loggers``).
+    Logged every evaluation: ``opposing/probe_loss``; every search: ``opposing/num_groups``
+    (candidate groups), ``opposing/num_flagged`` (flagged pairs), ``opposing/tracked_groups``,
+    ``opposing/largest_group``, and for the search's reported pair (the first flagged, else the
+    most antiphase) ``opposing/pair_corr``, ``opposing/group_loss_a``, ``opposing/group_loss_b``,
+    ``opposing/pair_grad_cos``. On a search that flags a pair, at most once per ``report_every``
+    evaluations, a table of the tracked groups with pictures of their examples and a figure of
+    their losses over the window go to W&B, or to files under the logger's directory.
 
-    ``detections`` keeps the last ``max_detections`` flagged pairs with the dataset indices of
-    their examples; it and the ring buffer are saved in checkpoints, so a resumed run continues
-    exactly. Under DDP each rank evaluates every ``world_size``-th probe example and the losses
-    (and features) are all-gathered; group gradients are all-reduced, so every rank takes the
-    same decisions and the same collectives. Per-token targets (logits ``(N, T, K)``, targets
-    ``(N, T)``) give each example the mean loss of its positions. When the probe losses are not
-    finite (a diverged run) the search is skipped, a warning names the step, and training goes on.
+    ``groups`` lists the tracked groups (dataset indices of both sides, first step, sizes,
+    persistence, gradient cosine); ``detections`` the last ``max_detections`` flagged fragments.
+    Both and the ring buffer are saved in checkpoints: a resumed run continues exactly. Under DDP
+    each rank evaluates every ``world_size``-th probe example and the losses (and features) are
+    all-gathered, group gradients all-reduced: every rank takes the same decisions and the same
+    collectives. Per-token targets (logits ``(N, T, K)``, targets ``(N, T)``) give each example
+    the mean loss of its positions. Non-finite probe losses (a diverged run) skip the search
+    with a warning naming the step; training goes on.
 
     Args:
-        probe: the probe examples: training-set indices, a ``DataLoader`` (read once), or
-            ``None`` for ``probe_size`` training examples drawn at random with ``seed``. Use a
-            loader without augmentation: augmentation makes loss changes noise.
+        probe: training-set indices, a ``DataLoader`` (read once, without augmentation), or
+            ``None`` for ``probe_size`` training examples drawn at random with ``seed``.
         probe_size: probe size when ``probe`` is ``None``.
         every_n_steps: evaluate the probe every this many optimizer steps.
-        k: number of rising and of falling examples that seed the groups.
+        k, n_clusters, split_by_target, corr_threshold, cos_threshold, min_flips,
+            min_group_size, max_pairs, join_amplitude, persistence: the search and grouping
+            settings, :class:`~lightning_dyn.functional.opposing_groups.OpposingSearchConfig`.
         window: evaluations kept in the ring buffer (at least 3).
         group_fn: ``(indices, batch) -> (n,) int group ids`` for the probe examples ``indices``
             (dataset indices) held in ``batch``; ``None`` clusters features.
         feature_module: name of the submodule whose output is clustered; ``None`` uses the
             input of the last ``nn.Linear`` (the penultimate features of a classifier).
-        n_clusters: k-means clusters when grouping by features.
-        split_by_target: split each cluster by target (integer class targets only).
         grad_check_every: search every this many evaluations.
-        sketch_dim: compare gradients through a random projection to this many numbers (memory
-            ``O(sketch_dim)`` per group instead of a copy of the model per group).
-        corr_threshold: ``τ_ρ`` in (0, 1]: antiphase when the correlation is below ``-τ_ρ``.
-        cos_threshold: ``τ_c`` in [0, 1]: opposing when the gradient cosine is below ``-τ_c``.
-        min_flips: sign flips of each group's loss change required in the window.
-        min_group_size: smaller groups are ignored.
-        max_pairs: antiphase pairs whose gradients are compared per search.
+        sketch_dim: compare gradients through a random projection to this many numbers.
         loss_fn: ``loss_fn(outputs, targets, reduction="none")`` giving per-example losses;
             ``None`` is cross-entropy (per position for per-token targets, then averaged).
         logits_fn: ``(pl_module, batch) -> (outputs, targets)``; default ``pl_module(batch[0])``
             and ``batch[1]``.
         batch_size: examples per forward pass on the probe.
         max_media_examples: examples pictured per group in the table.
-        report_every: evaluations between two reports (table and figure); a report costs about
-            0.1-0.3 s, so one per step would dominate the cost of the detector.
-        max_detections: detections kept in ``detections`` (and in checkpoints).
+        report_every: evaluations between two reports (a report costs about 0.1-0.3 s).
+        max_detections: flagged fragments kept in ``detections`` (and in checkpoints).
         seed: seed of the probe draw, k-means and the gradient sketch.
     """
 
@@ -135,6 +135,8 @@ class OutlierPairDetector(pl.Callback):
         min_flips: int = 2,
         min_group_size: int = 4,
         max_pairs: int = 3,
+        join_amplitude: float = 0.5,
+        persistence: int = 3,
         loss_fn: LossFn | None = None,
         logits_fn: LogitsFn | None = None,
         batch_size: int = 1024,
@@ -143,16 +145,24 @@ class OutlierPairDetector(pl.Callback):
         max_detections: int = 64,
         seed: int = 0,
     ) -> None:
+        self.config = OpposingSearchConfig(
+            k=k,
+            n_clusters=n_clusters,
+            split_by_target=split_by_target,
+            corr_threshold=corr_threshold,
+            cos_threshold=cos_threshold,
+            min_flips=min_flips,
+            min_group_size=min_group_size,
+            max_pairs=max_pairs,
+            join_amplitude=join_amplitude,
+            persistence=persistence,
+            seed=seed,
+        )
         for name, value, minimum in (
             ("probe_size", probe_size, 1),
             ("every_n_steps", every_n_steps, 1),
-            ("k", k, 1),
             ("window", window, 3),
-            ("n_clusters", n_clusters, 1),
             ("grad_check_every", grad_check_every, 1),
-            ("min_flips", min_flips, 0),
-            ("min_group_size", min_group_size, 1),
-            ("max_pairs", max_pairs, 1),
             ("batch_size", batch_size, 1),
             ("max_media_examples", max_media_examples, 0),
             ("report_every", report_every, 1),
@@ -161,8 +171,6 @@ class OutlierPairDetector(pl.Callback):
             check_positive_int(name, value, minimum)
         if sketch_dim is not None:
             check_positive_int("sketch_dim", sketch_dim)
-        check_fraction("corr_threshold", corr_threshold, open_low=True)
-        check_fraction("cos_threshold", cos_threshold)
         if min_flips > window - 2:
             raise ValueError(
                 f"min_flips must be at most window - 2 = {window - 2} (the most sign flips "
@@ -179,20 +187,14 @@ class OutlierPairDetector(pl.Callback):
         check_callable("group_fn", group_fn, "(indices, batch) -> group ids")
         check_callable("loss_fn", loss_fn, '(outputs, targets, reduction="none") -> losses')
         check_callable("logits_fn", logits_fn, LOGITS_FN_SIGNATURE)
-        check_bool("split_by_target", split_by_target)
         if group_fn is not None and feature_module is not None:
             raise ValueError("give group_fn or feature_module, not both: groups come from one.")
         self.probe_spec, self.probe_size, self.every_n_steps = probe, probe_size, every_n_steps
-        self.k, self.window, self.group_fn = k, window, group_fn
-        self.feature_module, self.n_clusters = feature_module, n_clusters
-        self.split_by_target, self.grad_check_every = split_by_target, grad_check_every
-        self.sketch_dim, self.corr_threshold = sketch_dim, corr_threshold
-        self.cos_threshold, self.min_flips = cos_threshold, min_flips
-        self.min_group_size, self.max_pairs = min_group_size, max_pairs
+        self.window, self.group_fn, self.feature_module = window, group_fn, feature_module
+        self.grad_check_every, self.sketch_dim = grad_check_every, sketch_dim
         self.loss_fn, self.logits_fn = loss_fn, logits_fn or ForwardFirstInput(type(self).__name__)
         self.batch_size, self.max_media_examples = batch_size, max_media_examples
-        self.report_every = report_every
-        self.seed = seed
+        self.report_every, self.seed = report_every, seed
         self.detections: deque[dict[str, Any]] = deque(maxlen=max_detections)
         self._capture = FeatureCapture()
         self._probe: Probe | None = None
@@ -205,7 +207,7 @@ class OutlierPairDetector(pl.Callback):
         self._last_step = -1
         self._last_media: int | None = None
         self._num_detections = 0
-        self._first_detection: tuple[int, str, str] | None = None
+        self._groups: list[OpposingGroup] = []
         self._guard = DivergenceGuard(type(self).__name__)
 
     @property
@@ -290,7 +292,7 @@ class OutlierPairDetector(pl.Callback):
         most = -(-probe.size // trainer.world_size) if is_sharded(pl_module) else None
         for rows in chunked(torch.arange(len(probe.positions)), self.batch_size, most):
             outputs, target = self.logits_fn(pl_module, take(probe.batch, rows))
-            losses.append(mean_per_example(self._per_example_loss(outputs, target)))
+            losses.append(losses_per_example(outputs, target, self._loss))
             targets.append(target)
         self._capture.capturing = False
         local = torch.cat(losses).float()
@@ -305,10 +307,10 @@ class OutlierPairDetector(pl.Callback):
             features = gather_by_position(trainer, probe, self._capture.take()).cpu()
         return full, features
 
-    def _per_example_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
+    def _loss(self, outputs: Tensor, target: Tensor, reduction: str = "none") -> Tensor:
         if self.loss_fn is None:
             return per_example_cross_entropy(outputs, target, type(self).__name__)
-        return self.loss_fn(outputs, target, reduction="none")
+        return self.loss_fn(outputs, target, reduction=reduction)
 
     def _push(self, step: int, losses: Tensor) -> None:
         if self._losses is None:
@@ -323,7 +325,7 @@ class OutlierPairDetector(pl.Callback):
         shift = -(self._evaluations % self.window)
         return self._losses.roll(shift, dims=0), self._steps.roll(shift)
 
-    # --- pair search ----------------------------------------------------------------------------
+    # --- search and grouping -------------------------------------------------------------------
 
     def _search(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, features: Tensor | None
@@ -332,71 +334,45 @@ class OutlierPairDetector(pl.Callback):
         # The losses were gathered: every rank sees the same window and takes the same branch.
         if not self._guard.all_finite(trainer, [window], synced=True):
             return {"num_groups": 0.0, "num_flagged": 0.0}
-        rising, falling = top_loss_changes(window[-2], window[-1], min(self.k, window.shape[1]))
-        members = torch.cat([rising, falling]).unique()
-        groups, names = self._groups(members, features)
+        cfg, step = self.config, int(steps[-1])
+        groups, names = candidate_groups(window, cfg, features, self._user_groups, self._targets)
         metrics = {"num_groups": float(len(names)), "num_flagged": 0.0}
-        if len(names) < 2:
-            return metrics
-        series = group_loss_series(window, groups, len(names))
-        corr = antiphase_matrix(series)
-        oscillating = oscillation_count(series) >= self.min_flips
-        upper = torch.ones_like(corr, dtype=torch.bool).triu(1)
-        pairs = sorted((float(corr[a, b]), int(a), int(b)) for a, b in upper.nonzero().tolist())
-        report = pairs[0]
-        candidates = [
-            p
-            for p in pairs
-            if p[0] < -self.corr_threshold and oscillating[p[1]] and oscillating[p[2]]
-        ][: self.max_pairs]
-        gradients: dict[int, Tensor] = {}
-        flagged, report_cos = [], None
-        for pair_corr, a, b in candidates:
-            for g in (a, b):
-                if g not in gradients:
-                    gradients[g] = self._group_gradient(trainer, pl_module, groups == g)
-            cos = float(group_gradient_cosine(gradients[a], gradients[b]))
-            if report_cos is None:
-                report, report_cos = (pair_corr, a, b), cos
-            if cos < -self.cos_threshold:
-                if not flagged:
-                    report, report_cos = (pair_corr, a, b), cos
-                flagged.append((pair_corr, cos, a, b))
-        metrics.update(num_flagged=float(len(flagged)), pair_corr=report[0])
-        metrics.update(group_loss_a=float(series[-1, report[1]]))
-        metrics.update(group_loss_b=float(series[-1, report[2]]))
-        if report_cos is not None:
-            metrics["pair_grad_cos"] = report_cos
-        records = [self._record(int(steps[-1]), names, groups, steps, series, *f) for f in flagged]
-        self.detections.extend(records)
-        self._num_detections += len(records)
-        if records and self._first_detection is None:
-            self._first_detection = (records[0]["step"], *records[0]["groups"])
+        gradient = functools.cache(lambda g: self._group_gradient(trainer, pl_module, groups == g))
+        flagged = []
+        if len(names) >= 2:
+            series = group_loss_series(window, groups, len(names))
+            cosine = lambda a, b: float(group_gradient_cosine(gradient(a), gradient(b)))  # noqa: E731
+            flagged, found = flag_pairs(series, cfg, cosine)
+            metrics.update(found)
+        fragments = [
+            ((groups == a, groups == b), cos, (names[a], names[b])) for cos, a, b in flagged
+        ]
+        for sides, cos, pair_names in fragments:
+            self.detections.append(
+                pair_record(self._probe, step, pair_names, sides, steps, window, cos)
+            )
+        self._num_detections += len(fragments)
+        side_cosine = lambda a, b: float(  # noqa: E731
+            group_gradient_cosine(*(self._group_gradient(trainer, pl_module, m) for m in (a, b)))
+        )
+        labels = self._targets if cfg.split_by_target else None
+        self._groups = track_groups(
+            self._groups, window, step, fragments, side_cosine, cfg, labels, features
+        )
+        metrics["tracked_groups"] = float(len(self._groups))
+        if self._groups:
+            metrics["largest_group"] = float(max(sum(g.sizes) for g in self._groups))
         due = self._last_media is None or self._evaluations - self._last_media >= self.report_every
-        if records and due:
+        if flagged and due:
             self._last_media = self._evaluations
+            records = [
+                pair_record(
+                    self._probe, step, g.names, tuple(g.members), steps, window, g.grad_cos, g
+                )
+                for g in self._groups
+            ]
             log_detection(trainer, self._probe, records, self.max_media_examples)
         return metrics
-
-    def _groups(self, members: Tensor, features: Tensor | None) -> tuple[Tensor, list[str]]:
-        """Group id of every probe example (-1: none) and a name per group."""
-        if self._user_groups is not None:
-            user = self._user_groups
-            chosen = user[members].unique()
-            groups = torch.full_like(user, -1)
-            for gid, value in enumerate(chosen.tolist()):
-                groups[user == value] = gid
-            names = [f"group {value}" for value in chosen.tolist()]
-        else:
-            targets = self._targets if self.split_by_target else None
-            groups, keys = feature_groups(features, members, self.n_clusters, targets, self.seed)
-            names = [f"cluster {c}" + ("" if t is None else f", target {t}") for c, t in keys]
-        # Drop groups too small to average over, and renumber the rest densely.
-        sizes = torch.bincount(groups[groups >= 0], minlength=len(names))
-        kept = (sizes >= self.min_group_size).nonzero().flatten().tolist()
-        remap = torch.full((len(names) + 1,), -1, dtype=torch.long)
-        remap[torch.tensor(kept, dtype=torch.long)] = torch.arange(len(kept))
-        return remap[groups], [names[g] for g in kept]
 
     def _group_gradient(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, in_group: Tensor
@@ -417,7 +393,7 @@ class OutlierPairDetector(pl.Callback):
         with torch.enable_grad():
             for chunk_rows in chunked(rows, self.batch_size, most):
                 outputs, target = self.logits_fn(pl_module, take(self._probe.batch, chunk_rows))
-                loss = mean_per_example(self._per_example_loss(outputs, target)).sum()
+                loss = losses_per_example(outputs, target, self._loss).sum()
                 grads, reduced = probe_gradients(pl_module, loss, params)
                 for total, g in zip(totals, grads, strict=True):
                     if g is not None:
@@ -429,46 +405,29 @@ class OutlierPairDetector(pl.Callback):
             vector = torch.cat([t.reshape(-1).float() for t in totals])
         return vector if reduced else trainer.strategy.reduce(vector, reduce_op="sum")
 
-    def _record(
-        self,
-        step: int,
-        names: list[str],
-        groups: Tensor,
-        steps: Tensor,
-        series: Tensor,
-        pair_corr: float,
-        cos: float,
-        a: int,
-        b: int,
-    ) -> dict[str, Any]:
-        indices = self._probe.indices
-        return {
-            "step": step,
-            "groups": (names[a], names[b]),
-            "pair_corr": pair_corr,
-            "pair_grad_cos": cos,
-            "positions": ((groups == a).nonzero().flatten(), (groups == b).nonzero().flatten()),
-            "indices": (indices[groups == a].tolist(), indices[groups == b].tolist()),
-            "steps": steps.tolist(),
-            "losses": (series[:, a].tolist(), series[:, b].tolist()),
-        }
-
     # --- results and checkpoints ----------------------------------------------------------------
 
+    @property
+    def groups(self) -> list[dict[str, Any]]:
+        """The tracked opposing groups, oldest first: the dataset indices of their two sides,
+        names, sizes, first and last active step, persistence (active searches) and the last
+        gradient cosine of the sides."""
+        return [g.describe(self._probe.indices) for g in self._groups]
+
     def flagged_indices(self) -> list[int]:
-        """Sorted dataset indices of every example in a kept detection."""
-        found = {i for record in self.detections for part in record["indices"] for i in part}
-        return sorted(found)
+        """Sorted dataset indices of every example in a tracked group."""
+        return sorted({i for group in self.groups for side in group["indices"] for i in side})
 
     def summarize(self, trainer: pl.Trainer) -> dict[str, Any]:
         """Lines for the end-of-run summary of the ``lightning-dyn`` CLI."""
-        if self._first_detection is None:
-            return {"opposing pairs flagged": "none"}
-        step, group_a, group_b = self._first_detection
+        if not self._groups:
+            return {"opposing groups": "none"}
+        first = min(self._groups, key=lambda g: g.first_step)
+        largest = max(self._groups, key=lambda g: sum(g.sizes))
         return {
-            "opposing pairs flagged": f"{self._num_detections}, first at step {step}: "
-            f"{group_a} vs {group_b}",
-            f"examples in the last {len(self.detections)} pairs": len(self.flagged_indices()),
+            "opposing groups": f"{len(self._groups)}, first at step {first.first_step}",
+            "largest opposing group": f"{largest.names[0]} ({largest.sizes[0]}) vs "
+            f"{largest.names[1]} ({largest.sizes[1]}), active at {largest.persistence} searches",
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -480,7 +439,7 @@ class OutlierPairDetector(pl.Callback):
             "last_media": self._last_media,
             "detections": list(self.detections),
             "num_detections": self._num_detections,
-            "first_detection": self._first_detection,
+            "groups": [g.state_dict() for g in self._groups],
             **self._guard.state_dict(),
         }
 
@@ -493,5 +452,5 @@ class OutlierPairDetector(pl.Callback):
         self.detections.clear()
         self.detections.extend(state_dict["detections"])
         self._num_detections = state_dict["num_detections"]
-        self._first_detection = state_dict["first_detection"]
+        self._groups = [OpposingGroup.from_state_dict(g) for g in state_dict["groups"]]
         self._guard.load_state_dict(state_dict)

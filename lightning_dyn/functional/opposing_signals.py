@@ -86,13 +86,19 @@ def per_example_loss(
     step = n if batch_size is None or n == 0 else batch_size
     chunks = []
     for start in range(0, n, max(step, 1)):
-        out = loss_fn(
-            model(inputs[start : start + step]), targets[start : start + step], reduction="none"
-        )
-        chunks.append(mean_per_example(out))
+        rows = slice(start, start + step)
+        chunks.append(losses_per_example(model(inputs[rows]), targets[rows], loss_fn))
     if not chunks:
         return torch.empty(0, device=inputs.device)
     return torch.cat(chunks)
+
+
+def losses_per_example(
+    outputs: Tensor, targets: Tensor, loss_fn: LossFn = F.cross_entropy
+) -> Tensor:
+    """``(N,)`` losses of ``N`` examples' outputs: ``loss_fn(outputs, targets, reduction="none")``
+    with any extra (token, pixel) dimensions averaged, as :func:`mean_per_example` does."""
+    return mean_per_example(loss_fn(outputs, targets, reduction="none"))
 
 
 def mean_per_example(losses: Tensor) -> Tensor:

@@ -1,21 +1,24 @@
-"""Image classification with a planted pair of opposing signals (arXiv 2311.04163).
+"""Classification with a planted pair of opposing signals (arXiv 2311.04163).
 
-A subset of each of two classes carries the same large-magnitude feature, a bright patch in the
-top-left corner. The patch says nothing about the label (it is on examples of both classes), so
+A subset of each of two classes carries the same large-magnitude feature: a bright patch in the
+top-left corner of an image, or one fixed direction added to a Gaussian input. The feature says
+nothing about the label (it is on examples of both classes), so
 the two subsets pull the weights that read it in opposite directions; under full-batch gradient
 descent at a large learning rate the sharp direction this creates makes the two subsets' losses
 oscillate in antiphase, while the clean data alone trains stably at the same learning rate. The
 planted indices are known (``planted_a``, ``planted_b``), so a detector can be scored, and
 ``planted=False`` gives the control: the same data and training without the patch.
 
-Images are 8×8 grayscale: ``dataset="synthetic"`` (one random template per class plus Gaussian
-noise, clipped to [0, 1]) or ``dataset="digits"`` (scikit-learn's bundled handwritten digits,
-offline; needs ``pip install scikit-learn``), scaled to [0, 1].
+Inputs: ``dataset="gaussian"`` (``input_dim``-dimensional Gaussian classes), or 8×8 grayscale
+images, ``dataset="synthetic"`` (one random template per class plus Gaussian noise, clipped to
+[0, 1]) or ``dataset="digits"`` (scikit-learn's bundled handwritten digits, offline; needs
+``pip install scikit-learn``), scaled to [0, 1]. Models: an MLP or a small CNN (images only).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
+from lightning_dyn._checks import check_choice, check_fraction, check_positive_int, check_real
 from lightning_dyn.functional.classification_losses import one_hot_square_loss
 from lightning_dyn.optim.factory import OptimizerFactory
 from lightning_dyn.recipes._classifier import ClassifierRecipeModule
@@ -33,7 +36,7 @@ from lightning_dyn.recipes._data import (
     TensorDataModule,
 )
 
-DATASETS = ("synthetic", "digits")
+DATASETS = ("synthetic", "digits", "gaussian")
 SIDE = 8
 
 
@@ -46,6 +49,21 @@ def synthetic_images(
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     images = templates[labels] + noise * torch.randn(len(labels), SIDE, SIDE, generator=generator)
     return images.clamp(0.0, 1.0), labels
+
+
+def gaussian_classes(
+    num_classes: int, per_class: int, dim: int, separation: float, noise: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(num_classes * per_class, dim)`` points and labels, class-sorted.
+
+    Class means are Gaussian with expected norm ``separation``; points add isotropic noise of
+    standard deviation ``noise`` per coordinate.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.randn(num_classes, dim, generator=generator) * (separation / dim**0.5)
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    points = means[labels] + noise * torch.randn(len(labels), dim, generator=generator)
+    return points, labels
 
 
 def digits_images() -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,19 +80,22 @@ def digits_images() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class OpposingSignalsDataModule(TensorDataModule):
-    """8×8 images with a bright patch planted on a subset of two classes.
+    """Gaussian points or 8×8 images with one large feature planted on a subset of two classes.
 
     Args:
-        dataset: ``synthetic`` or ``digits``.
+        dataset: ``gaussian``, ``synthetic`` (images) or ``digits`` (images).
         planted: whether to plant the patch; ``False`` is the control.
         num_classes: number of classes: any for ``synthetic``, 10 for ``digits``.
-        per_class: training examples per class of the synthetic data.
-        noise: standard deviation of the synthetic pixel noise.
+        per_class: training examples per class of the generated data (gaussian, synthetic).
+        noise: standard deviation of the generated noise (per coordinate or pixel).
+        input_dim: dimension of the gaussian inputs.
+        class_separation: expected norm of the gaussian class means.
         planted_classes: the two classes whose subsets get the patch.
-        planted_fraction: fraction of each of those classes' training examples with the patch.
-        patch_size: side of the square patch, in pixels.
-        patch_value: pixel value of the patch (the clean pixels lie in [0, 1]).
-        val_fraction: fraction of the examples held out for validation (never patched).
+        planted_fraction: fraction of each of those classes' training examples with the feature.
+        patch_size: side of the square patch, in pixels (images).
+        planted_strength: images: pixel value of the patch (clean pixels lie in [0, 1]);
+            gaussian: norm of the planted vector (a fixed random direction).
+        val_fraction: fraction of the examples held out for validation (never planted).
         seed: seed of the data, the split and the choice of patched examples.
         batch_size: ``None`` for full batch (gradient descent); under DDP each rank gets its
             shard of every batch.
@@ -87,10 +108,12 @@ class OpposingSignalsDataModule(TensorDataModule):
         num_classes: int = 4,
         per_class: int = 125,
         noise: float = 1.0,
+        input_dim: int = 64,
+        class_separation: float = 3.0,
         planted_classes: Sequence[int] = (0, 1),
         planted_fraction: float = 0.25,
         patch_size: int = 3,
-        patch_value: float = 12.0,
+        planted_strength: float = 12.0,
         val_fraction: float = 0.2,
         seed: int = 0,
         batch_size: int | None = None,
@@ -102,6 +125,9 @@ class OpposingSignalsDataModule(TensorDataModule):
         check_fraction("planted_fraction", planted_fraction, open_low=True)
         check_fraction("val_fraction", val_fraction, open_high=True)
         check_positive_int("patch_size", patch_size)
+        check_positive_int("input_dim", input_dim)
+        check_real("class_separation", class_separation, strictly_positive=True)
+        check_real("planted_strength", planted_strength, strictly_positive=True)
         if patch_size > SIDE:
             raise ValueError(f"patch_size must be at most {SIDE}; got {patch_size}.")
         if dataset == "digits" and num_classes != 10:
@@ -125,7 +151,8 @@ class OpposingSignalsDataModule(TensorDataModule):
         self.dataset, self.planted, self.num_classes = dataset, planted, n_classes
         self.per_class, self.noise, self.seed = per_class, noise, seed
         self.planted_classes, self.planted_fraction = planted_classes, planted_fraction
-        self.patch_size, self.patch_value = patch_size, patch_value
+        self.patch_size, self.planted_strength = patch_size, planted_strength
+        self.input_dim, self.class_separation = input_dim, class_separation
         self.val_fraction, self.batch_size = val_fraction, batch_size
         self.train_set: TensorBatchDataset | None = None
         self.val_set: TensorBatchDataset | None = None
@@ -135,10 +162,19 @@ class OpposingSignalsDataModule(TensorDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        total = round(self.per_class / (1 - self.val_fraction))
         if self.dataset == "digits":
             images, labels = digits_images()
+        elif self.dataset == "gaussian":
+            images, labels = gaussian_classes(
+                self.num_classes,
+                total,
+                self.input_dim,
+                self.class_separation,
+                self.noise,
+                self.seed,
+            )
         else:
-            total = round(self.per_class / (1 - self.val_fraction))
             images, labels = synthetic_images(self.num_classes, total, self.noise, self.seed)
         generator = torch.Generator().manual_seed(self.seed + 1)
         order = torch.randperm(len(labels), generator=generator)
@@ -155,11 +191,28 @@ class OpposingSignalsDataModule(TensorDataModule):
             chosen.append(members[pick].sort().values)
         self.planted_a, self.planted_b = chosen
         if self.planted:
-            patch = slice(0, self.patch_size)
             for idx in chosen:
-                x[idx, patch, patch] = self.patch_value
-        self.train_set = TensorBatchDataset(x[:, None], y)
-        self.val_set = TensorBatchDataset(images[val][:, None].clone(), labels[val])
+                x[idx] = self._plant(x[idx])
+        # Images get their channel axis; gaussian points stay vectors.
+        add_channel = (lambda t: t[:, None]) if self.dataset != "gaussian" else (lambda t: t)
+        self.train_set = TensorBatchDataset(add_channel(x), y)
+        self.val_set = TensorBatchDataset(add_channel(images[val].clone()), labels[val])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input: ``(input_dim,)`` or ``(1, 8, 8)``."""
+        return (self.input_dim,) if self.dataset == "gaussian" else (1, SIDE, SIDE)
+
+    def _plant(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dataset == "gaussian":
+            # One direction for both classes, drawn from the seed alone: the same in every call.
+            generator = torch.Generator().manual_seed(self.seed + 2)
+            direction = torch.randn(self.input_dim, generator=generator)
+            return x + self.planted_strength * direction / direction.norm()
+        patch = slice(0, self.patch_size)
+        x = x.clone()
+        x[:, patch, patch] = self.planted_strength
+        return x
 
     def planted_indices(self) -> list[int]:
         """Training-set indices of the patched examples (the would-be patched, if not planted)."""
@@ -213,16 +266,45 @@ class ImageMLP(nn.Module):
         return self.head(self.body(images))
 
 
+class ImageCNN(nn.Module):
+    """Two 3×3 convolutions, 2×2 average pooling, a hidden linear layer; ``head`` is the last."""
+
+    def __init__(self, side: int, channels: int, hidden: int, num_classes: int, activation: str):
+        super().__init__()
+        check_choice("activation", activation, ACTIVATIONS)
+        act = ACTIVATIONS[activation]
+        self.body = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1),
+            act(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            act(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(channels * (side // 2) ** 2, hidden),
+            act(),
+        )
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(images))
+
+
+ARCHITECTURES = ("mlp", "cnn")
+
+
 def _default_optimizer() -> OptimizerFactory:
     return functools.partial(torch.optim.SGD, lr=0.03)
 
 
 class OpposingSignalsModule(ClassifierRecipeModule):
-    """MLP classifier of the 8×8 images; logs ``train/{loss,acc}`` and ``val/{loss,acc}``.
+    """MLP or CNN classifier; logs ``train/{loss,acc}`` and ``val/{loss,acc}``.
 
     Args:
         num_classes: number of classes; must match the data module.
-        hidden_sizes: hidden widths.
+        hidden_sizes: hidden widths (``cnn``: the first is the convolutions' channels, the last
+            the hidden linear layer's width).
+        architecture: ``mlp`` (any input) or ``cnn`` (``(1, side, side)`` images).
+        input_shape: shape of one input, the data module's ``input_shape``.
         activation: ``relu`` or ``tanh`` (the edge-of-stability experiment's network).
         loss: ``cross_entropy`` or ``square`` (``½||logits - onehot||²``, Cohen et al.).
         optimizer: a factory ``params -> Optimizer``; default full-batch gradient descent
@@ -237,13 +319,31 @@ class OpposingSignalsModule(ClassifierRecipeModule):
         optimizer: OptimizerFactory | None = None,
         activation: str = "relu",
         loss: str = "cross_entropy",
+        architecture: str = "mlp",
+        input_shape: Sequence[int] = (1, SIDE, SIDE),
     ) -> None:
         super().__init__()
         check_positive_int("num_classes", num_classes, minimum=2)
         check_choice("loss", loss, LOSSES)
+        check_choice("architecture", architecture, ARCHITECTURES)
+        input_shape = tuple(input_shape)
+        if architecture == "cnn" and (
+            len(input_shape) != 3 or input_shape[0] != 1 or input_shape[1] != input_shape[2]
+        ):
+            raise ValueError(
+                f"architecture='cnn' needs square one-channel images, input_shape (1, side, "
+                f"side); got {input_shape}: use architecture='mlp' for vectors."
+            )
+        if architecture == "cnn" and not hidden_sizes:
+            raise ValueError("architecture='cnn' needs hidden_sizes (channels, ..., width).")
         self.loss_fn = LOSSES[loss]
         for width in hidden_sizes:
             check_positive_int("hidden_sizes[i]", width)
         self.save_hyperparameters(ignore=["optimizer"])
-        self.model = ImageMLP(SIDE * SIDE, tuple(hidden_sizes), num_classes, activation)
+        if architecture == "cnn":
+            channels, width = hidden_sizes[0], hidden_sizes[-1]
+            self.model = ImageCNN(input_shape[1], channels, width, num_classes, activation)
+        else:
+            in_features = math.prod(input_shape)
+            self.model = ImageMLP(in_features, tuple(hidden_sizes), num_classes, activation)
         self.optimizer_factory = optimizer or _default_optimizer()

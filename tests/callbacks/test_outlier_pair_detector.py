@@ -39,6 +39,13 @@ def _run_recipe(tmp_path: Path, planted: bool, seed: int) -> tuple[OutlierPairDe
 def test_flags_the_planted_pair_with_high_precision_and_recall(tmp_path: Path, seed: int) -> None:
     detector, data = _run_recipe(tmp_path, planted=True, seed=seed)
     assert detector.detections, "the planted pair was never flagged"
+    # One tracked group, the two planted subsets, each side one class.
+    assert len(detector.groups) == 1, [g["sizes"] for g in detector.groups]
+    group = detector.groups[0]
+    for side, planted in zip(group["indices"], (data.planted_a, data.planted_b), strict=True):
+        found, truth = set(side), set(planted.tolist())
+        assert len(found & truth) >= 0.8 * len(found) and len(found & truth) >= 0.8 * len(truth)
+    assert group["grad_cos"] < -0.8 and group["persistence"] > 1
     scores = data.score(detector.flagged_indices())
     assert scores["precision"] >= 0.8, scores
     assert scores["recall"] >= 0.8, scores
@@ -52,7 +59,8 @@ def test_flags_the_planted_pair_with_high_precision_and_recall(tmp_path: Path, s
 def test_reports_no_pair_on_the_control(tmp_path: Path) -> None:
     detector, _ = _run_recipe(tmp_path, planted=False, seed=0)
     assert not detector.detections
-    assert detector.summarize(None) == {"opposing pairs flagged": "none"}
+    assert not detector.groups
+    assert detector.summarize(None) == {"opposing groups": "none"}
 
 
 def _loose(**kwargs) -> OutlierPairDetector:
@@ -281,3 +289,19 @@ def test_report_goes_to_an_offline_wandb_run(tmp_path: Path, monkeypatch) -> Non
     assert list((media / "table" / "opposing").glob("pairs_*.table.json"))
     assert list((media / "images" / "opposing").glob("loss_curves_*.png"))
     assert not (tmp_path / "media").exists()
+
+
+def test_the_loss_figure_shows_both_sides_swing_on_one_scale() -> None:
+    from lightning_dyn.callbacks._outlier_report import loss_figure
+
+    steps = list(range(8))
+    high = [5.0 + 0.1 * (-1) ** t for t in steps]  # a side with a high loss
+    low = [0.01 - 0.005 * (-1) ** t for t in steps]  # and one 500 times lower, in antiphase
+    record = {"step": 7, "steps": steps, "groups": ("A", "B"), "losses": (high, low),
+              "pair_corr": -1.0, "pair_grad_cos": -0.9}  # fmt: skip
+    lines = loss_figure(record).axes[0].get_lines()[:2]
+    # Each side drawn around zero (its window mean removed): both swings show, in antiphase.
+    for line, losses in zip(lines, (high, low), strict=True):
+        y = line.get_ydata()
+        assert abs(sum(y)) < 1e-12 and max(y) - min(y) == pytest.approx(max(losses) - min(losses))
+    assert lines[0].get_ydata()[0] * lines[1].get_ydata()[0] < 0
