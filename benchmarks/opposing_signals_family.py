@@ -5,8 +5,8 @@ dimensions and 8×8 images (synthetic templates, scikit-learn digits), 3-10 clas
 15-40 % of two classes, MLPs and a CNN. Each member's learning rate is one at which the planted
 subsets' losses oscillate while the clean examples train stably (checked on tuning seed 100 from
 the losses of planted and clean examples; for ``digits_cnn`` lr 0.1 was first tried and dropped:
-the clean digits oscillated too). Grouping settings (``join_amplitude``, ``persistence``) were chosen on the tuning
-seeds 100-102 only; the evaluation seeds are 0-9.
+the clean digits oscillated too). The grouping (``join_amplitude``, ``persistence``, the label and
+feature gates) was designed and set on the tuning seeds 100-102 only; evaluation seeds are 0-9.
 
 Each seed trains the member twice, planted and control (same data and training, nothing
 planted), with the documented detector settings (``k=32, window=8``, defaults otherwise). For
@@ -135,8 +135,10 @@ def main() -> None:
     print("```bash\npython " + shlex.join(sys.argv) + "\n```\n")
     print(f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}\n")
     rows = []
-    print("| member | seed | groups | fragments | precision | recall | size | first step "
-          "| control groups | s |")
+    print(
+        "| member | seed | groups | fragments | precision | recall | size | first step "
+        "| control groups | s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.members:
         for seed in args.seeds:
