@@ -158,10 +158,11 @@ def test_opposing_signals_recipe_reports_its_detector(tmp_path: Path) -> None:
         f"hydra.run.dir={run_dir}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    # With the CLI's seed 42 the planted pair is flagged from step 122; every flagged example
-    # is a planted one.
+    # With the CLI's seed 42 the planted pair is flagged from step 122; one opposing group is
+    # tracked and every example in it is a planted one.
     assert re.search(r"detector precision vs planted\s+1$", done.stdout, re.MULTILINE)
-    assert re.search(r"opposing pairs flagged\s+\d+, first at step \d+", done.stdout)
+    assert re.search(r"opposing groups\s+1, first at step \d+", done.stdout)
+    assert re.search(r"largest opposing group\s+cluster", done.stdout)
     assert list(run_dir.glob("csv/version_*/media/opposing_pairs/step_*.csv"))
 
 

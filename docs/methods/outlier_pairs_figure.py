@@ -1,4 +1,5 @@
-"""Draws ``outlier_pairs.png``: what OutlierPairDetector shows on the opposing_signals recipe.
+"""Draws ``outlier_pairs.png`` (what OutlierPairDetector shows on the opposing_signals recipe)
+and ``outlier_pairs_window.png`` (the loss figure the detector logs, for its first report).
 
     python docs/methods/outlier_pairs_figure.py   # about 10 s on 2 CPU cores
 
@@ -24,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from lightning_dyn.callbacks import OutlierPairDetector
+from lightning_dyn.callbacks._outlier_report import loss_figure
 from lightning_dyn.loggers import image_grid
 from lightning_dyn.recipes import OpposingSignalsDataModule, OpposingSignalsModule
 
@@ -115,6 +117,7 @@ def draw(root: str) -> None:
     figure.tight_layout()
     out = Path(__file__).with_name("outlier_pairs.png")
     figure.savefig(out)
+    loss_figure(first).savefig(out.with_name("outlier_pairs_window.png"))
     print(f"wrote {out}; first flag at step {first['step']}, {len(detector.detections)} flags")
 
 

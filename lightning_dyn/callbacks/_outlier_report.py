@@ -56,20 +56,34 @@ def examples_cell(probe: Probe, positions: Tensor, loader: Any, limit: int) -> A
     return repr(inputs)[:200]
 
 
+def _detrended(steps: Sequence[float], values: Sequence[float]) -> list[float]:
+    """``values`` minus their least-squares line over ``steps``."""
+    x = torch.tensor(steps, dtype=torch.float64)
+    y = torch.tensor(values, dtype=torch.float64)
+    design = torch.stack([torch.ones_like(x), x - x.mean()], dim=1)
+    coefficients = torch.linalg.lstsq(design, y[:, None]).solution
+    return (y - (design @ coefficients)[:, 0]).tolist()
+
+
 def loss_figure(record: Mapping[str, Any]) -> Any:
-    """The two sides' mean probe losses over the window of the report, each minus its own window
-    mean: the sides' levels can differ by orders of magnitude, their antiphase swing is what
-    matters, and on a shared scale around zero it is visible (levels are in the legend)."""
+    """The two sides' mean probe losses over the window of the report, each minus its own linear
+    trend over the window: the sides' levels can differ by orders of magnitude and the common
+    descent can hide a small swing; their antiphase swing is what matters, and on a shared
+    scale around zero it is visible (the mean levels are in the legend)."""
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(5, 3), dpi=100)
     for name, losses, marker in zip(record["groups"], record["losses"], "os", strict=True):
         mean = sum(losses) / len(losses)
-        deviations = [value - mean for value in losses]
-        axes.plot(record["steps"], deviations, marker=marker, label=f"{name} (mean {mean:.3g})")
+        axes.plot(
+            record["steps"],
+            _detrended(record["steps"], losses),
+            marker=marker,
+            label=f"{name} (mean {mean:.3g})",
+        )
     axes.axhline(0.0, color="grey", linewidth=0.8)
     axes.axvline(record["step"], color="grey", linestyle=":", label="report")
-    axes.set(xlabel="optimizer step", ylabel="mean probe loss - window mean")
+    axes.set(xlabel="optimizer step", ylabel="mean probe loss - linear trend")
     title = f"corr {record['pair_corr']:.2f}, grad cos {record['pair_grad_cos']:.2f}"
     if "first_step" in record:
         title += f", tracked since step {record['first_step']}"
