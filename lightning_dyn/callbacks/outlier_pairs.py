@@ -411,7 +411,10 @@ class OutlierPairDetector(pl.Callback):
     def groups(self) -> list[dict[str, Any]]:
         """The tracked opposing groups, oldest first: the dataset indices of their two sides,
         names, sizes, first and last active step, persistence (active searches) and the last
-        gradient cosine of the sides."""
+        gradient cosine of the sides (probe positions instead of indices before the probe is
+        drawn)."""
+        if self._probe is None:  # restored from a checkpoint, before a fit draws the probe
+            return [g.describe(torch.arange(g.members.shape[1])) for g in self._groups]
         return [g.describe(self._probe.indices) for g in self._groups]
 
     def flagged_indices(self) -> list[int]:
@@ -452,5 +455,6 @@ class OutlierPairDetector(pl.Callback):
         self.detections.clear()
         self.detections.extend(state_dict["detections"])
         self._num_detections = state_dict["num_detections"]
-        self._groups = [OpposingGroup.from_state_dict(g) for g in state_dict["groups"]]
+        # A checkpoint from before the tracked groups has none: tracking starts afresh.
+        self._groups = [OpposingGroup.from_state_dict(g) for g in state_dict.get("groups", [])]
         self._guard.load_state_dict(state_dict)

@@ -311,3 +311,12 @@ def test_the_loss_figure_shows_both_sides_swing_on_one_scale() -> None:
     assert all(x * y < 0 for x, y in zip(a, b, strict=True))
     assert all(x * y < 0 for x, y in itertools.pairwise(a))
     assert all(0.05 < abs(x) < 0.15 for x in a) and all(0.0025 < abs(y) < 0.0075 for y in b)
+
+
+def test_a_checkpoint_from_before_the_tracked_groups_loads() -> None:
+    detector = OutlierPairDetector()
+    state = detector.state_dict()
+    del state["groups"]
+    state["first_detection"] = (12, "cluster 0, target 0", "cluster 0, target 1")
+    detector.load_state_dict(state)
+    assert detector.groups == [] and detector.summarize(None) == {"opposing groups": "none"}
