@@ -30,12 +30,16 @@ import lightning.pytorch as pl
 import torch
 from _timing import bare_trainer
 
+from lightning_dyn.functional import face_jumps
 from lightning_dyn.recipes import PDEDataModule, PDEModule
 from lightning_dyn.recipes._pde_figure import field_figure
 from lightning_dyn.recipes.pde import relative_l2
 
 OUT = Path(__file__).with_name("results") / "hard_constraints_accuracy.jsonl"
 FIGURE = Path(__file__).with_name("figures") / "hard_constraints_field.png"
+C1_WEIGHTS = (1e5, 1e5)  # (interface_weight, interface_slope_weight) of moe_c1
+TUNING_SEEDS = 100  # seeds from here on only choose weights; evaluation seeds are 0, 1, 2
+JUMP_PARTITION = (1, 4)  # where every arm's face jumps are read: the MoE arms' blocks
 ARMS = {
     "soft": {"constraint": "soft"},
     "hard": {"constraint": "hard"},
@@ -49,18 +53,52 @@ ARMS = {
         "partition": (1, 4),
         "interface_rows": True,
     },
+    # Value AND slope (C1) rows; weights chosen on tuning seed 100 (benchmarks/RESULTS.md).
+    "moe_c1": {
+        "constraint": "moe",
+        "experts": 4,
+        "partition": (1, 4),
+        "interface_rows": "c1",
+        "interface_weight": C1_WEIGHTS[0],
+        "interface_slope_weight": C1_WEIGHTS[1],
+    },
 }
 # Chalapathi et al. (arXiv 2402.13412), 1D diffusion-sorption, relative L2 error (%).
 PAPER = {"soft": "85.93 ± 5.07", "hard": "7.55 ± 8.10", "moe_naive": "3.60 ± 2.93"}
 
 
+def _options(arm: str, weight: float | None, slope_weight: float | None) -> dict:
+    """The arm's PDEModule options, with the weights overridden where given (tuning)."""
+    options = dict(ARMS[arm])
+    if arm in ("moe_interface", "moe_c1") and weight is not None:
+        options["interface_weight"] = weight
+    if arm == "moe_c1" and slope_weight is not None:
+        options["interface_slope_weight"] = slope_weight
+    return options
+
+
+def jumps(module: PDEModule, u: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per held-out IC: the largest normalised value and slope jump over the faces of
+    ``JUMP_PARTITION`` (``face_jumps`` on the rows after t = 0, the MoE's grid)."""
+    periodic = (False, module.problem.periodic_x)
+    fj = face_jumps(u[:, 1:].detach(), JUMP_PARTITION, periodic)
+    return fj.value.amax(1).tolist(), fj.slope.amax(1).tolist()
+
+
 def run(
-    problem: str, arm: str, seed: int, steps: int, n_val: int, weight: float, figure: bool = False
+    problem: str,
+    arm: str,
+    seed: int,
+    steps: int,
+    n_val: int,
+    weight: float | None = None,
+    slope_weight: float | None = None,
+    figure: bool = False,
 ) -> dict:
     torch.set_num_threads(1)
     pl.seed_everything(seed, verbose=False)
     data = PDEDataModule(problem, n_val=n_val, seed=seed)
-    options = dict(ARMS[arm], **({"interface_weight": weight} if arm == "moe_interface" else {}))
+    options = _options(arm, weight, slope_weight)
     module = PDEModule(problem, figure=False, expert_parallel=False, **options)
     with tempfile.TemporaryDirectory() as root:
         trainer = bare_trainer(root, steps, max_epochs=-1)
@@ -71,6 +109,7 @@ def run(
     module.eval()
     u, _ = module(u0)
     errors = [float(relative_l2(u[i : i + 1].detach(), u_ref[i : i + 1])) for i in range(len(u0))]
+    value_jumps, slope_jumps = jumps(module, u)
     if figure:
         partition = module.solver.partition if module.constraint == "moe" else (1, 1)
         title = f"{arm}, {steps} steps"
@@ -83,36 +122,95 @@ def run(
         "seed": seed,
         "steps": steps,
         "errors": errors,
+        "value_jumps": value_jumps,
+        "slope_jumps": slope_jumps,
+        "jump_partition": list(JUMP_PARTITION),
         "seconds_per_step": seconds / steps,
         "date": str(datetime.date.today()),
         "machine": f"{platform.machine()}, 2-core CPU, 1 torch thread",
     }
 
 
+def _spread(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.fmean(values):.3g} ± {sd:.2g}"
+
+
 def report(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     print(
-        "| problem | arm | steps | seeds | rel. L2 % (mean over seeds ± sd) | "
-        "per-IC sd % | s/step | paper (DS) % |"
+        "| problem | arm | weights (value, slope) | steps | seeds | rel. L2 % (mean over seeds "
+        "± sd) | per-IC sd % | value jump | slope jump | s/step | paper (DS) % |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    keys = sorted(
-        {(r["problem"], r["arm"], r["steps"]) for r in rows},
-        key=lambda k: (k[0], list(ARMS).index(k[1]), k[2]),
-    )
-    for problem, arm, steps in keys:
-        runs = [r for r in rows if (r["problem"], r["arm"], r["steps"]) == (problem, arm, steps)]
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def key(r: dict) -> tuple:
+        o = r["options"]
+        weights = (o.get("interface_weight"), o.get("interface_slope_weight"))
+        return r["problem"], r["arm"], weights, r["steps"], r["seed"] >= TUNING_SEEDS
+
+    for k in sorted(
+        {key(r) for r in rows},
+        key=lambda k: (k[0], k[4], list(ARMS).index(k[1]), str(k[2]), k[3]),
+    ):
+        problem, arm, weights, steps, _ = k
+        runs = [r for r in rows if key(r) == k]
         means = [100 * statistics.fmean(r["errors"]) for r in runs]
         per_ic = [100 * e for r in runs for e in r["errors"]]
         spread = statistics.stdev(means) if len(means) > 1 else float("nan")
         paper = PAPER.get(arm, "") if problem == "diffusion_sorption" else ""
+        jump = {
+            kind: _spread([statistics.fmean(r[f"{kind}_jumps"]) for r in runs])
+            if all(f"{kind}_jumps" in r for r in runs)
+            else ""
+            for kind in ("value", "slope")
+        }
+        seeds = ",".join(str(r["seed"]) for r in runs)
+        shown = "" if weights == (None, None) else f"{weights[0]}, {weights[1] or 0}"
         print(
-            f"| {problem} | {arm} | {steps} | {len(runs)} | {statistics.fmean(means):.2f} ± "
-            f"{spread:.2f} | {statistics.stdev(per_ic):.2f} | "
+            f"| {problem} | {arm} | {shown} | {steps} | {seeds} | "
+            f"{statistics.fmean(means):.2f} ± {spread:.2f} | {statistics.stdev(per_ic):.2f} | "
+            f"{jump['value']} | {jump['slope']} | "
             f"{statistics.fmean(r['seconds_per_step'] for r in runs):.3f} | {paper} |"
         )
     dates = sorted({r["date"] for r in rows})
     print(f"\n{', '.join(dates)}; {rows[0]['machine']}")
+    print(
+        f"Seeds >= {TUNING_SEEDS} are tuning seeds (weights chosen there), listed apart. Jumps: "
+        "mean over seeds of the mean over held-out ICs of the largest normalised face jump "
+        "(lightning_dyn.functional.face_jumps at each run's jump_partition) ± sd over seeds."
+    )
+
+
+def cost(problem: str, repeats: int) -> None:
+    """Unknowns, rows and forward-solve time of K=1, value-coupled and C1-coupled K=4, side by
+    side on the same untrained basis (seed 0, one batch of 4 training ICs)."""
+    torch.set_num_threads(1)
+    data = PDEDataModule(problem, n_val=4, seed=0)
+    data.setup()
+    u0 = data.train_set.tensors[0][:4]
+    print(f"| problem | arm | unknowns | rows | forward solve ms (median of {repeats}) |")
+    print("|---|---|---|---|---|")
+    for arm in ("hard", "moe_interface", "moe_c1"):
+        torch.manual_seed(0)
+        module = PDEModule(problem, figure=False, expert_parallel=False, **ARMS[arm])
+        points = (module.n_t - 1) * module.n_x
+        n = module.hparams.n_basis
+        if arm == "hard":
+            unknowns, rows = n, points + n
+        else:
+            solver = module.solver
+            unknowns = solver.experts * n
+            if solver.interface_kind == "c1":  # a value and a slope row per line and face
+                rows = points + unknowns + sum(2 * len(left) for _, _, left, _ in solver._traces)
+            else:
+                rows = points + unknowns + sum(len(p) for _, _, p in solver._pairs)
+        times = []
+        with torch.no_grad():
+            for _ in range(repeats):
+                module(u0)
+                times.append(1e3 * module.last_solve_seconds)
+        print(f"| {problem} | {arm} | {unknowns} | {rows} | {statistics.median(times):.1f} |")
 
 
 def main() -> None:
@@ -122,39 +220,41 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--n-val", type=int, default=16)
-    parser.add_argument("--interface-weight", type=float, default=100.0)
+    parser.add_argument("--interface-weight", type=float, default=None)
+    parser.add_argument("--slope-weight", type=float, default=None)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--figure", action="store_true")
+    parser.add_argument("--cost", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if args.report:
         report(args.out)
         return
+    if args.cost:
+        cost(args.problem, args.repeats)
+        return
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    weights = (args.interface_weight, args.slope_weight)
     if args.figure:
         import matplotlib
 
         matplotlib.use("Agg")
         result = run(
-            args.problem,
-            args.arm,
-            args.seeds[0],
-            args.steps,
-            args.n_val,
-            args.interface_weight,
-            figure=True,
+            args.problem, args.arm, args.seeds[0], args.steps, args.n_val, *weights, figure=True
         )
         print(f"{FIGURE}: mean error {100 * statistics.fmean(result['errors']):.2f}%")
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        result = run(args.problem, args.arm, seed, args.steps, args.n_val, args.interface_weight)
+        result = run(args.problem, args.arm, seed, args.steps, args.n_val, *weights)
         with args.out.open("a") as f:
             f.write(json.dumps(result) + "\n")
         mean = 100 * statistics.fmean(result["errors"])
+        value, slope = (statistics.fmean(result[f"{k}_jumps"]) for k in ("value", "slope"))
         print(
-            f"{args.problem} {args.arm} seed {seed}: {mean:.2f}% "
-            f"({result['seconds_per_step']:.3f} s/step)",
+            f"{args.problem} {args.arm} {result['options']} seed {seed}: {mean:.2f}% "
+            f"jumps {value:.3g} / {slope:.3g} ({result['seconds_per_step']:.3f} s/step)",
             flush=True,
         )
 
