@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from lightning_dyn.callbacks._probe import Probe
-from lightning_dyn.functional.opposing_groups import OpposingGroup
-from lightning_dyn.functional.pair_search import antiphase_matrix, group_loss_series
+from lightning_dyn.functional.opposing_groups import OpposingGroup, pair_series
+from lightning_dyn.functional.pair_search import antiphase_matrix
 from lightning_dyn.loggers import image_grid, log_figure, log_table
 
 TABLE_COLUMNS = (
@@ -104,9 +104,7 @@ def pair_record(
     group: OpposingGroup | None = None,
 ) -> dict[str, Any]:
     """What a table row and the loss figure show of two sides (a fragment or a tracked group)."""
-    ids = torch.full(sides[0].shape, -1, dtype=torch.long)
-    ids[sides[1]], ids[sides[0]] = 1, 0
-    series = group_loss_series(window, ids, 2)
+    series = pair_series(window, *sides)
     record = {
         "step": step,
         "groups": names,

@@ -338,10 +338,17 @@ class OutlierPairDetector(pl.Callback):
         groups, names = candidate_groups(window, cfg, features, self._user_groups, self._targets)
         metrics = {"num_groups": float(len(names)), "num_flagged": 0.0}
         gradient = functools.cache(lambda g: self._group_gradient(trainer, pl_module, groups == g))
+
+        def cosine(a: int, b: int) -> float:  # the gradient check of candidate groups a, b
+            return float(group_gradient_cosine(gradient(a), gradient(b)))
+
+        def side_cosine(side_a: Tensor, side_b: Tensor) -> float:  # of a tracked group's sides
+            grads = (self._group_gradient(trainer, pl_module, m) for m in (side_a, side_b))
+            return float(group_gradient_cosine(*grads))
+
         flagged = []
         if len(names) >= 2:
             series = group_loss_series(window, groups, len(names))
-            cosine = lambda a, b: float(group_gradient_cosine(gradient(a), gradient(b)))  # noqa: E731
             flagged, found = flag_pairs(series, cfg, cosine)
             metrics.update(found)
         fragments = [
@@ -352,9 +359,6 @@ class OutlierPairDetector(pl.Callback):
                 pair_record(self._probe, step, pair_names, sides, steps, window, cos)
             )
         self._num_detections += len(fragments)
-        side_cosine = lambda a, b: float(  # noqa: E731
-            group_gradient_cosine(*(self._group_gradient(trainer, pl_module, m) for m in (a, b)))
-        )
         labels = self._targets if cfg.split_by_target else None
         self._groups = track_groups(
             self._groups, window, step, fragments, side_cosine, cfg, labels, features

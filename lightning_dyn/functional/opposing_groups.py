@@ -27,13 +27,13 @@ probe losses, the features and the gradient cosines, and logs the result.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_fraction, check_positive_int, check_real
+from lightning_dyn._checks import check_bool, check_fraction, check_positive_int, check_real
 from lightning_dyn.functional.opposing_signals import top_loss_changes
 from lightning_dyn.functional.pair_search import (
     antiphase_matrix,
@@ -82,10 +82,7 @@ class OpposingSearchConfig:
         check_fraction("corr_threshold", self.corr_threshold, open_low=True)
         check_fraction("cos_threshold", self.cos_threshold)
         check_real("join_amplitude", self.join_amplitude, strictly_positive=True)
-        if not isinstance(self.split_by_target, bool):
-            raise ValueError(
-                f"split_by_target must be True or False; got {self.split_by_target!r}."
-            )
+        check_bool("split_by_target", self.split_by_target)
 
 
 def candidate_groups(
@@ -165,18 +162,11 @@ class OpposingGroup:
     last_step: int
     persistence: int = 1
     grad_cos: float = float("nan")
-    names: tuple[str, str] = field(default=("A", "B"))
+    names: tuple[str, str] = ("A", "B")
 
     @property
     def sizes(self) -> tuple[int, int]:
         return int(self.members[0].sum()), int(self.members[1].sum())
-
-    def side_ids(self) -> Tensor:
-        """``(M,)`` ids: 0 on side A, 1 on side B, -1 elsewhere (for ``group_loss_series``)."""
-        ids = torch.full(self.members.shape[1:], -1, dtype=torch.long)
-        ids[self.members[1]] = 1
-        ids[self.members[0]] = 0
-        return ids
 
     def describe(self, indices: Tensor) -> dict[str, Any]:
         """The group for a user: its sides as dataset ``indices`` (``(M,)``) and its record."""
@@ -198,9 +188,17 @@ class OpposingGroup:
         return cls(**state)
 
 
+def pair_series(window: Tensor, side_a: Tensor, side_b: Tensor) -> Tensor:
+    """``(T, 2)`` mean loss over ``window`` of the examples of two ``(M,)`` masks (A wins ties)."""
+    ids = torch.full(side_a.shape, -1, dtype=torch.long)
+    ids[side_b] = 1
+    ids[side_a] = 0
+    return group_loss_series(window, ids, 2)
+
+
 def side_series(window: Tensor, group: OpposingGroup) -> Tensor:
     """``(T, 2)`` mean loss of the group's two sides over ``window``."""
-    return group_loss_series(window, group.side_ids(), 2)
+    return pair_series(window, group.members[0], group.members[1])
 
 
 def _centred_changes(values: Tensor) -> Tensor:
