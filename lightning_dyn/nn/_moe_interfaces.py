@@ -11,6 +11,9 @@ Value rows leave kinks. ``interface_rows="c1"`` replaces them by trace rows (:fu
 per line crossing a face, the one-sided quadratic value and slope of expert ``k`` from its own
 3 points next to the face against expert ``j``'s from the other side, the same stencils that
 ``functional.face_jumps`` reads on the assembled field, so its jumps are the rows' residuals.
+A field common to all experts (``HardConstraintMoE.forward``'s ``offset``, e.g. the particular
+part ``a`` of ``u = a + Φ ω``) enters the trace rows too: its values at one point cancel in a
+value row, but its one-sided traces from either side of a face do not.
 """
 
 from __future__ import annotations
@@ -164,6 +167,7 @@ def coupled_residual(
     n_basis: int,
     traces: list[tuple[int, int, Tensor, Tensor]] = (),
     slope_weight: float = 0.0,
+    offset: bool = False,
 ) -> Callable[[Tensor, tuple[Tensor, ...]], Tensor]:
     """Residual of the joint problem in ``ω = (ω_1, …, ω_K)`` flattened, for ONE sample.
 
@@ -175,12 +179,16 @@ def coupled_residual(
     ``weight · (E v_k,left − E v_j,right)`` and ``slope_weight · (D v_k,left − D' v_j,right)``,
     with ``E`` the one-sided quadratic extrapolation to the face and ``D``, ``D' = −D`` its
     derivative times the spacing from either side (``face_jumps``' ``EXTRAPOLATION`` and ``SLOPE``).
+    With ``offset``, ``params`` is ``(basis, c, *data)`` and the trace rows read
+    ``v_k = c + Φ ω_k``: a field ``c`` common to all experts (the caller's particular part) has
+    its own one-sided traces, which do not cancel across a face as its value at one point does.
     """
 
     stencils = torch.tensor([EXTRAPOLATION, SLOPE], dtype=torch.float64)  # (2, 3)
 
     def residual(omega: Tensor, params: tuple[Tensor, ...]) -> Tensor:
         basis, *data = params
+        common = data.pop(0) if offset else None
         omegas = omega.reshape(len(indices), n_basis)
         rows = []
         for k, idx in enumerate(indices):
@@ -191,8 +199,10 @@ def coupled_residual(
         for k, j, left, right in traces:
             # (value, h ∂u) of expert k at the face from the left, of expert j from the right.
             st = stencils.to(basis)
-            from_left = st @ (basis[left] @ omegas[k]).mT  # (2, L)
-            from_right = st @ (basis[right] @ omegas[j]).mT
+            v_left, v_right = basis[left] @ omegas[k], basis[right] @ omegas[j]  # (L, 3)
+            if common is not None:
+                v_left, v_right = v_left + common[left], v_right + common[right]
+            from_left, from_right = st @ v_left.mT, st @ v_right.mT  # (2, L)
             rows.append(weight * (from_left[0] - from_right[0]))
             rows.append(slope_weight * (from_left[1] + from_right[1]))  # right weights: −SLOPE
         return torch.cat(rows)
@@ -216,10 +226,15 @@ def interface_jump(basis: Tensor, omega: Tensor, pairs: list[tuple[int, int, Ten
 
 
 def solve_coupled(
-    moe: Any, basis: Tensor, data: tuple[Tensor, ...], per_point: list[bool]
+    moe: Any,
+    basis: Tensor,
+    data: tuple[Tensor, ...],
+    per_point: list[bool],
+    offset: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """All experts of ``moe`` and their interface rows in one solve: ``ω`` ``(B, K, N)`` and the
-    diagnostics ``(B, K, 4)`` (the joint solve's, repeated per expert)."""
+    diagnostics ``(B, K, 4)`` (the joint solve's, repeated per expert). ``offset`` ``(B, P)``:
+    the field common to all experts, which the C1 rows' traces include."""
     from lightning_dyn.nn.hard_constraint_moe import _stats
 
     batch, _, n_basis = basis.shape
@@ -233,10 +248,12 @@ def solve_coupled(
         n_basis,
         moe._traces,
         moe.interface_slope_weight,
+        offset=offset is not None and bool(moe._traces),
     )
+    common = (offset,) if offset is not None and moe._traces else ()
     res = solve_least_squares(
         residual,
-        (basis, *data),
+        (basis, *common, *data),
         basis.new_zeros(batch, moe.experts * n_basis, dtype=torch.float64),
         max_iter=layer.max_iter,
         tol=layer.tol,

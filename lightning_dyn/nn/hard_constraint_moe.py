@@ -320,7 +320,10 @@ class HardConstraintMoE(nn.Module):
         return flags
 
     def forward(
-        self, basis: Tensor, constraint_data: Sequence[Tensor] = ()
+        self,
+        basis: Tensor,
+        constraint_data: Sequence[Tensor] = (),
+        offset: Tensor | None = None,
     ) -> tuple[Tensor, LeastSquaresResult]:
         """Solve every expert and blend: ``(u, result)``.
 
@@ -328,15 +331,19 @@ class HardConstraintMoE(nn.Module):
             basis: ``(B, P, N)`` basis functions, ``P = prod(grid_shape)`` points in C order.
             constraint_data: Tensors with leading dimension ``B``; per-point ones (see the class
                 docstring) are restricted to each expert's block.
+            offset: ``(B, P)`` field common to every expert (e.g. the particular part ``a`` of
+                ``u = a + Φ ω``), added to the blend. ``interface_rows="c1"`` then matches the
+                traces of ``offset + Φ ω_k``: without it a curved ``offset`` keeps its own
+                one-sided jumps at every face, whatever the weights. ``None``: zero.
 
         Returns:
-            ``u`` of shape ``(B, P)`` in ``basis``'s dtype, and a ``LeastSquaresResult`` whose
-            fields have an expert axis after the batch axis: ``omega`` ``(B, K, N)``, the others
-            ``(B, K)``.
+            ``u = offset + Σ_k w_k Φ ω_k`` of shape ``(B, P)`` in ``basis``'s dtype, and a
+            ``LeastSquaresResult`` whose fields have an expert axis after the batch axis:
+            ``omega`` ``(B, K, N)``, the others ``(B, K)``.
 
         Raises:
             ValueError: If ``basis`` is not a floating ``(B, P, N)`` tensor with
-                ``P = prod(grid_shape)``, or ``constraint_data`` does not match it.
+                ``P = prod(grid_shape)``, or ``constraint_data`` or ``offset`` does not match it.
         """
         _check_basis(basis)
         batch, points, _ = basis.shape
@@ -347,8 +354,17 @@ class HardConstraintMoE(nn.Module):
             )
         data = _check_data(constraint_data, batch)
         per_point = self._per_point(data, points)
+        if offset is not None and (
+            not isinstance(offset, Tensor)
+            or not offset.is_floating_point()
+            or tuple(offset.shape) != (batch, points)
+        ):
+            got = (offset.dtype, tuple(offset.shape)) if isinstance(offset, Tensor) else offset
+            raise ValueError(
+                f"offset must be a floating (B, P) = {(batch, points)} tensor; got {got!r}."
+            )
         if self.interface_rows and self.experts > 1:
-            world, (omega, stats) = 1, solve_coupled(self, basis, data, per_point)
+            world, (omega, stats) = 1, solve_coupled(self, basis, data, per_point, offset)
         else:
             world, rank = self._world()
             if world > 1:
@@ -357,7 +373,7 @@ class HardConstraintMoE(nn.Module):
             omega, stats = self._solve(basis, data, per_point, mine)
         if world > 1:
             omega, stats = self._exchange(omega, stats, world)
-        u = basis.new_zeros(batch, points)
+        u = basis.new_zeros(batch, points) if offset is None else offset.to(basis.dtype)
         for group in self._groups:
             idx = torch.stack([self._indices[k] for k in group]).to(basis.device)  # (G, Pg)
             w = torch.stack([self._weights[k] for k in group]).to(basis)  # (G, Pg)

@@ -298,10 +298,14 @@ class PDEModule(pl.LightningModule):
         b_rows = tuple(v.reshape(batch, rows, -1) for v in b_rows)
         a_rows = tuple(v.reshape(batch, rows) for v in a_rows)
         start = time.perf_counter()
-        u_rows, result = self.solver(b_rows[0], (*b_rows[1:], *a_rows))
+        if isinstance(self.solver, HardConstraintMoE):
+            # a is common to every expert: the C1 rows match the traces of a + B ω_k.
+            u_rest, result = self.solver(b_rows[0], (*b_rows[1:], *a_rows), offset=a_rows[0])
+        else:
+            u_rows, result = self.solver(b_rows[0], (*b_rows[1:], *a_rows))
+            u_rest = a_rows[0] + u_rows
         self.last_solve_seconds = time.perf_counter() - start
         self._last_basis = b_rows[0]
-        u_rest = a_rows[0] + u_rows
         u = torch.cat([u0[:, None, :], u_rest.reshape(batch, n_t - 1, n_x)], dim=1)
         return u, result
 

@@ -347,6 +347,51 @@ def test_moe_c1_rows_match_the_joint_dense_system():
     )
 
 
+def test_moe_c1_rows_include_the_common_offset():
+    # u = c + Φ ω with a curved c (an exponential: its one-sided quadratic traces differ across the
+    # face). The C1 rows must then match the traces of the whole field, so the dense reference
+    # is lstsq on [A; w C] ω = [b − c; −w C_c], C_c the traces of c (value, slope).
+    w, ws = 3.0, 7.0
+    c = torch.exp(3.0 * XS).expand(B, X1)
+    moe = HardConstraintMoE(
+        fit_residual,
+        2,
+        (2,),
+        (X1,),
+        ridge=RIDGE,
+        interface_rows="c1",
+        interface_weight=w,
+        interface_slope_weight=ws,
+    )
+    u, result = moe(QUADRATICS, (TARGET - c,), offset=c)
+    a, b, traces = _c1_systems()
+    half = X1 // 2
+    ev = torch.tensor([15 / 8, -5 / 4, 3 / 8], dtype=torch.float64)
+    sv = torch.tensor([2.0, -3.0, 1.0], dtype=torch.float64)
+    left, right = c[0, [half - 1, half - 2, half - 3]], c[0, [half, half + 1, half + 2]]
+    c_traces = torch.stack([left @ ev - right @ ev, left @ sv + right @ sv])
+    assert c_traces.abs().min() > 1e-4  # the offset alone would leave a jump
+    shift = torch.cat([c[0, :half], torch.zeros(3).double(), c[0, half:], torch.zeros(3).double()])
+    weights = torch.tensor([w, ws], dtype=torch.float64)
+    lhs = torch.cat([a, weights[:, None] * traces])
+    rhs = torch.cat([b - shift, -weights * c_traces])
+    omega = torch.linalg.lstsq(lhs, rhs.unsqueeze(-1)).solution.squeeze(-1)
+    assert result.converged.all()
+    torch.testing.assert_close(result.omega[0].reshape(-1), omega, atol=1e-8, rtol=0)
+    # The returned field includes the offset.
+    halves = torch.cat([QUADRATICS[0, :half] @ omega[:3], QUADRATICS[0, half:] @ omega[3:]])
+    torch.testing.assert_close(u[0], c[0] + halves, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "offset", [torch.zeros(B, X1 + 1).double(), torch.zeros(B, X1, dtype=torch.long), "c"]
+)
+def test_moe_bad_offset(offset):
+    moe = HardConstraintMoE(fit_residual, 2, (2,), (X1,), interface_rows="c1")
+    with pytest.raises(ValueError, match="offset must be a floating"):
+        moe(QUADRATICS, (TARGET,), offset=offset)
+
+
 def test_moe_c1_rows_remove_the_slope_jump():
     # Bound. With weights w = w_s the C1 solve minimises ‖Aω − b‖² + w²‖Cω‖². At its minimiser
     # ω*, this is at most its value at ω_c, the exactly-C1 fit (Cω_c = 0; KKT solve), and
