@@ -24,304 +24,27 @@ operator's dtype.
 Working dtype and device: a ``HessianOperator``'s, or the ``dtype``/``device`` attributes of any
 operator that has them, else those of ``v0``, else ``torch.get_default_dtype()`` on the CPU;
 the ``dtype`` and ``device`` arguments override all of these.
+
+The Lanczos recurrence itself is a state object in ``_lanczos_recurrence``; the counted operator
+is in ``_counted_operator`` and the result types in ``_spectral_results``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_choice, check_positive_int, check_real
-from lightning_dyn.functional.hvp import HessianOperator, _autocast_off, measuring
-
-Operator = HessianOperator | Callable[[Tensor], Tensor]
+from lightning_dyn.functional._counted_operator import Operator, _check_seed, _dot, _norm, _Op
+from lightning_dyn.functional._lanczos_recurrence import _Lanczos
+from lightning_dyn.functional._spectral_results import EigenResult, SpectralDensity, TraceResult
 
 EIGEN_WHICH: tuple[str, ...] = ("largest", "smallest", "both")
 REORTHOGONALIZE: tuple[str, ...] = ("full", "partial")
 TRACE_METHODS: tuple[str, ...] = ("hutchinson", "hutch++")
-
-_BREAKDOWN = 100.0
-"""A Lanczos ``β <= _BREAKDOWN * ε * ||T||`` is rounding noise: the Krylov space has closed."""
-
-
-# --- results -------------------------------------------------------------------------------------
-
-
-@dataclass
-class EigenResult:
-    """Eigenpairs from :func:`hessian_eigenvalues`.
-
-    Attributes:
-        values: float64 eigenvalues: ``(k,)`` in descending order for ``which="largest"``,
-            ``(k,)`` ascending for ``"smallest"``, and ``(2k,)`` for ``"both"``: the ``k``
-            largest in descending order, then the ``k`` smallest in ascending order (so
-            ``values[0]`` is the largest and ``values[k]`` the smallest).
-        vectors: Unit eigenvectors, one row per value, ``(len(values), dim)`` in the operator's
-            dtype; each is signed so that its largest-magnitude entry is positive.
-        num_hvps: Products with the operator made by this call (one per Lanczos iteration).
-        converged: Whether every wanted pair met the tolerance (or the Krylov space became the
-            whole space, which makes the values exact).
-        residuals: float64 ``(len(values),)`` estimates of ``||H u - θ u||`` from the Lanczos
-            recurrence, ``|β_m s_{m,i}|``. They leave out rounding error (about ``ε ||H||``),
-            so a well-converged pair can read 0.
-    """
-
-    values: Tensor
-    vectors: Tensor
-    num_hvps: int
-    converged: bool
-    residuals: Tensor
-
-
-@dataclass
-class TraceResult:
-    """Stochastic trace estimate from :func:`hessian_trace`.
-
-    Attributes:
-        mean: The estimate of ``tr(H)``.
-        stderr: Its standard error: the sample standard deviation of the Hutchinson probe values
-            over ``sqrt(samples)`` (for Hutch++, of the probes on the complement of the sketch),
-            combined in quadrature with, for Hutch++, a bound on the rounding error of the
-            exact part (see :func:`hessian_trace`). The probes' rounding is random with the
-            probes, so their spread already accounts for it; the exact part's is not.
-        num_hvps: Products with the operator made by this call.
-        samples: Number of Hutchinson probe values averaged (``samples`` for Hutchinson, the
-            last third of the budget for Hutch++, 0 when ``exact``).
-        exact: Whether the trace was computed exactly, without probes: Hutch++ on an operator
-            of ``dim <= samples // 3``, with ``dim`` products. Its only error is rounding,
-            which ``stderr`` then bounds alone.
-    """
-
-    mean: float
-    stderr: float
-    num_hvps: int
-    samples: int
-    exact: bool = False
-
-
-@dataclass
-class SpectralDensity:
-    """Gauss quadrature rules of the spectral measure, from :func:`hessian_spectral_density`.
-
-    Vector ``i``'s rule ``(nodes[i], weights[i])`` integrates polynomials of degree up to
-    ``2 * steps - 1`` exactly against ``μ_i = Σ_j (q_i · u_j)² δ(λ_j)`` for its unit start
-    vector ``q_i``, and ``E μ_i`` is the spectral density ``(1/dim) Σ_j δ(λ_j)``. A run whose
-    Krylov space closed before ``steps`` is padded with nodes equal to its largest node and
-    weight 0.
-
-    Attributes:
-        nodes: float64 ``(n_vectors, steps)``, Ritz values of each run, ascending.
-        weights: float64 ``(n_vectors, steps)``, squared first components of the Ritz vectors;
-            each row sums to 1.
-        num_hvps: Products with the operator made by this call.
-    """
-
-    nodes: Tensor
-    weights: Tensor
-    num_hvps: int
-
-    def on_grid(self, grid: Tensor, sigma: float) -> Tensor:
-        """Density smoothed by a Gaussian of width ``sigma``, averaged over the start vectors.
-
-        Args:
-            grid: Points at which to evaluate, any shape.
-            sigma: Standard deviation of the Gaussian kernel, ``> 0``; comparable to the grid
-                spacing or larger, else the density is a comb of spikes between grid points.
-
-        Returns:
-            A float64 CPU tensor shaped like ``grid``; it integrates to 1 over a grid that
-            covers the nodes with a margin of a few ``sigma``.
-        """
-        check_real("sigma", sigma, strictly_positive=True)
-        if not isinstance(grid, Tensor):
-            raise ValueError(f"grid must be a tensor; got {type(grid).__name__}.")
-        t = grid.detach().to("cpu", torch.float64).reshape(-1, 1, 1)
-        z = (t - self.nodes.reshape(1, *self.nodes.shape)) / sigma
-        kernel = torch.exp(-0.5 * z.square()) / (sigma * math.sqrt(2 * math.pi))
-        density = (kernel * self.weights).sum(dim=2).mean(dim=1)
-        return density.reshape(grid.shape)
-
-    def moment(self, p: int) -> float:
-        """Average over start vectors of ``Σ w θ^p``, an unbiased estimate of ``tr(H^p) / dim``.
-
-        Exact for each vector (``q_i · H^p q_i``) when ``p <= 2 * steps - 1``, so the only error
-        is the randomness of the start vectors.
-
-        Args:
-            p: Non-negative integer power.
-        """
-        check_positive_int("p", p, minimum=0)
-        return float((self.weights * self.nodes.pow(p)).sum(dim=1).mean())
-
-
-# --- helpers ----------------------------------------------------------------------------------
-
-
-def _check_seed(seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer; got {seed!r}.")
-
-
-def _dot(x: Tensor, y: Tensor) -> float:
-    """``x · y`` accumulated in float64."""
-    return float(torch.dot(x.double(), y.double()))
-
-
-def _norm(x: Tensor) -> float:
-    return float(torch.linalg.vector_norm(x.double()))
-
-
-class _Op:
-    """A counted, checked ``v -> H v`` with its dimension, working dtype and device."""
-
-    def __init__(
-        self,
-        operator: Any,
-        dim: int | None,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-        v0: Tensor | None = None,
-    ) -> None:
-        if not callable(operator):
-            raise ValueError(
-                f"operator must be a HessianOperator or a callable v -> H v; got "
-                f"{type(operator).__name__}."
-            )
-        own = getattr(operator, "dim", None)
-        if dim is None:
-            dim = own
-        if dim is None:
-            raise ValueError(
-                "dim must be given for an operator without a dim attribute (a plain callable)."
-            )
-        check_positive_int("dim", dim)
-        if own is not None and own != dim:
-            raise ValueError(f"dim must match operator.dim ({own}) when both are given; got {dim}.")
-        if dtype is None:
-            dtype = getattr(operator, "dtype", None)
-            if not isinstance(dtype, torch.dtype) and isinstance(v0, Tensor):
-                dtype = v0.dtype
-        if not isinstance(dtype, torch.dtype):
-            dtype = torch.get_default_dtype()
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating torch.dtype; got {dtype!r}.")
-        if device is None:
-            device = getattr(operator, "device", None)
-            if not isinstance(device, torch.device | str) and isinstance(v0, Tensor):
-                device = v0.device
-        self.fn = operator
-        self.dim = int(dim)
-        self.dtype = dtype
-        self.device = torch.device("cpu" if device is None else device)
-        self.eps = torch.finfo(dtype).eps
-        self.count = 0
-        self.model = operator.model if isinstance(operator, HessianOperator) else None
-
-    def __call__(self, v: Tensor) -> Tensor:
-        out = self.fn(v.contiguous())
-        self.count += 1
-        if not isinstance(out, Tensor) or tuple(out.shape) != (self.dim,):
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
-                f"operator must return a tensor of shape ({self.dim},) (the input's); got {shape}."
-            )
-        return out.detach().to(self.device, self.dtype)
-
-    @contextlib.contextmanager
-    def context(self) -> Iterator[None]:
-        """No graph, autocast off (reorthogonalisation in half precision would be useless),
-        and the model in :func:`measuring` mode for a ``HessianOperator``."""
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.no_grad())
-            stack.enter_context(_autocast_off(self.device))
-            if self.model is not None:
-                stack.enter_context(measuring(self.model))
-            yield
-
-    def finite(self, *values: float) -> None:
-        if not all(math.isfinite(x) for x in values):
-            raise FloatingPointError(
-                f"the operator returned non-finite values (product {self.count}); is the loss "
-                f"finite?"
-            )
-
-    def gaussian(self, gen: torch.Generator) -> Tensor:
-        return torch.randn(self.dim, generator=gen, dtype=torch.float64).to(self.device, self.dtype)
-
-    def rademacher(self, gen: torch.Generator) -> Tensor:
-        bits = torch.randint(0, 2, (self.dim,), generator=gen, dtype=torch.int8)
-        return bits.to(self.device, self.dtype).mul_(2).sub_(1)
-
-
-class _Basis:
-    """The Lanczos vectors, stored in row blocks of ``_BLOCK`` so that it grows without copies."""
-
-    _BLOCK = 8
-
-    def __init__(self, dim: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.dim, self.dtype, self.device = dim, dtype, device
-        self.size = 0
-        self._blocks: list[Tensor] = []
-
-    def append(self, q: Tensor) -> None:
-        row = self.size % self._BLOCK
-        if row == 0:
-            self._blocks.append(
-                torch.empty(self._BLOCK, self.dim, dtype=self.dtype, device=self.device)
-            )
-        self._blocks[-1][row].copy_(q)
-        self.size += 1
-
-    def blocks(self) -> Iterator[Tensor]:
-        for i, block in enumerate(self._blocks):
-            yield block[: min(self._BLOCK, self.size - i * self._BLOCK)]
-
-    def orthogonalize(self, w: Tensor) -> None:
-        """Remove from ``w``, in place, its components along every stored vector.
-
-        Classical Gram-Schmidt done twice ("twice is enough", Giraud et al. 2005): orthogonal to
-        working precision, with two matrix products per block instead of one per vector.
-        """
-        for _ in range(2):
-            blocks = list(self.blocks())
-            coefficients = [block @ w for block in blocks]
-            for block, c in zip(blocks, coefficients, strict=True):
-                w.sub_(c @ block)
-
-    def combine(self, s: Tensor) -> Tensor:
-        """``sᵀ Q``: rows are the combinations of the stored vectors given by the columns of s."""
-        out = torch.zeros(s.shape[1], self.dim, dtype=self.dtype, device=self.device)
-        for i, block in enumerate(self.blocks()):
-            rows = s[i * self._BLOCK : i * self._BLOCK + block.shape[0]]
-            out.addmm_(rows.T.to(self.device, self.dtype), block)
-        return out
-
-
-def _tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal matrix, float64."""
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if betas:
-        off = torch.tensor(betas, dtype=torch.float64)
-        t = t + torch.diag(off, 1) + torch.diag(off, -1)
-    return torch.linalg.eigh(t)
-
-
-def _wanted(theta: Tensor, k: int, which: str) -> Tensor:
-    """Indices of the wanted Ritz values (``theta`` ascending) in the result's order."""
-    n = theta.shape[0]
-    top = torch.arange(n - 1, n - 1 - k, -1)
-    bottom = torch.arange(k)
-    if which == "largest":
-        return top
-    if which == "smallest":
-        return bottom
-    return torch.cat([top, bottom])
 
 
 # --- eigenvalues --------------------------------------------------------------------------------
@@ -408,78 +131,26 @@ def hessian_eigenvalues(
         max_iter = min(max_iter, op.dim)
     gen = torch.Generator().manual_seed(seed)
     q = op.gaussian(gen) if v0 is None else _start_vector(v0, op)
-    q = q / _norm(q)
-    partial = reorthogonalize == "partial"
-    eps = op.eps
-    basis = _Basis(op.dim, op.dtype, op.device)
-    basis.append(q)
-    alphas: list[float] = []
-    betas: list[float] = []
-    q_prev: Tensor | None = None
-    omega_prev = torch.zeros(0, dtype=torch.float64)  # ω_{j-1, k} ≈ q_{j-1} · q_k
-    omega = torch.ones(1, dtype=torch.float64)  # ω_{j, k}
-    force_next = False
-    anorm = 0.0
+    lanczos = _Lanczos(op, q / _norm(q), reorthogonalize)
     converged = False
     with op.context():
         for j in range(max_iter):
-            w = op(q)
-            alpha = _dot(q, w)
-            w.sub_(q, alpha=alpha)
-            if q_prev is not None and betas[-1] != 0.0:
-                w.sub_(q_prev, alpha=betas[-1])
-            # Local reorthogonalisation against q_j: cheap, and it keeps α accurate.
-            correction = _dot(q, w)
-            w.sub_(q, alpha=correction)
-            alpha += correction
-            alphas.append(alpha)
-            if not partial:
-                basis.orthogonalize(w)
-            beta = _norm(w)
-            op.finite(alpha, beta)
-            anorm = max(anorm, abs(alpha) + beta + (betas[-1] if betas else 0.0))
-            omega_next = None
-            if partial and j + 1 < op.dim and beta > 0.0:
-                omega_next = _omega_step(alphas, betas, beta, omega, omega_prev, eps * anorm, eps)
-                triggered = bool(omega_next[: j + 1].abs().max() > math.sqrt(eps))
-                if triggered or force_next:
-                    basis.orthogonalize(w)
-                    beta = _norm(w)
-                    omega_next[: j + 1] = eps
-                    force_next = not force_next
-            theta, s = _tridiagonal_eigh(alphas, betas)
-            residuals = beta * s[-1].abs()
-            if len(alphas) >= n_wanted:
+            lanczos.step()
+            theta, s, residuals = lanczos.ritz()
+            if len(lanczos.alphas) >= n_wanted:
                 idx = _wanted(theta, k, which)
-                scale = theta[idx].abs().clamp_min(math.sqrt(eps) * anorm)
+                scale = theta[idx].abs().clamp_min(math.sqrt(op.eps) * lanczos.anorm)
                 if bool((residuals[idx] <= tol * scale).all()):
                     converged = True
                     break
             if j + 1 == max_iter:
                 break
-            if beta <= _BREAKDOWN * eps * anorm:
-                # Invariant subspace: continue from a random vector orthogonal to the basis.
-                w = op.gaussian(gen)
-                basis.orthogonalize(w)
-                beta = 0.0
-                w_norm = _norm(w)
-                if w_norm <= 10 * eps * math.sqrt(op.dim):
-                    break  # the basis already spans the space
-                w.div_(w_norm)
-                omega_next = torch.full((j + 2,), eps, dtype=torch.float64)
-                omega_next[-1] = 1.0
-            else:
-                w.div_(beta)
-            betas.append(beta)
-            if partial:
-                if omega_next is None:  # not reached: β > 0 here and j + 1 < dim
-                    omega_next = torch.full((j + 2,), eps, dtype=torch.float64)
-                    omega_next[-1] = 1.0
-                omega_prev, omega = omega, omega_next
-            basis.append(w)
-            q_prev, q = q, w
+            if not lanczos.closed:
+                lanczos.advance()
+            elif not lanczos.restart(gen):
+                break  # the basis already spans the space
         idx = _wanted(theta, k, which)
-        vectors = basis.combine(s[:, idx])
+        vectors = lanczos.basis.combine(s[:, idx])
         vectors = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
         # Fix the arbitrary sign: the largest-magnitude entry of each vector is positive.
         signs = vectors.gather(1, vectors.abs().argmax(dim=1, keepdim=True)).sign()
@@ -488,7 +159,7 @@ def hessian_eigenvalues(
         values=theta[idx].clone(),
         vectors=vectors,
         num_hvps=op.count,
-        converged=converged or basis.size == op.dim,
+        converged=converged or lanczos.basis.size == op.dim,
         residuals=residuals[idx].clone(),
     )
 
@@ -504,32 +175,16 @@ def _start_vector(v0: Any, op: _Op) -> Tensor:
     return q
 
 
-def _omega_step(
-    alphas: list[float],
-    betas: list[float],
-    beta: float,
-    omega: Tensor,
-    omega_prev: Tensor,
-    noise: float,
-    eps: float,
-) -> Tensor:
-    """Simon's ω-recurrence: estimates of ``q_{j+1} · q_k`` for ``k <= j+1``.
-
-    ``β_j ω_{j+1,k} = β_k ω_{j,k+1} + (α_k - α_j) ω_{j,k} + β_{k-1} ω_{j,k-1} - β_{j-1} ω_{j-1,k}``
-    plus a rounding term of size ``ε ||T||`` with the sign of the rest (the pessimistic choice).
-    """
-    j = len(alphas) - 1
-    out = torch.empty(j + 2, dtype=torch.float64)
-    if j > 0:
-        a = torch.tensor(alphas, dtype=torch.float64)
-        b = torch.tensor(betas, dtype=torch.float64)  # β_0 .. β_{j-1}
-        t = b * omega[1 : j + 1] + (a[:j] - a[j]) * omega[:j]
-        t[1:] += b[: j - 1] * omega[: j - 1]
-        t -= b[j - 1] * omega_prev[:j]
-        out[:j] = (t + torch.sign(t) * noise) / beta
-    out[j] = eps
-    out[j + 1] = 1.0
-    return out
+def _wanted(theta: Tensor, k: int, which: str) -> Tensor:
+    """Indices of the wanted Ritz values (``theta`` ascending) in the result's order."""
+    n = theta.shape[0]
+    top = torch.arange(n - 1, n - 1 - k, -1)
+    bottom = torch.arange(k)
+    if which == "largest":
+        return top
+    if which == "smallest":
+        return bottom
+    return torch.cat([top, bottom])
 
 
 # --- trace --------------------------------------------------------------------------------------
@@ -680,29 +335,13 @@ def hessian_spectral_density(
     with op.context():
         for i in range(n_vectors):
             q = op.rademacher(gen)
-            q.div_(_norm(q))
-            q_prev: Tensor | None = None
-            alphas: list[float] = []
-            betas: list[float] = []
-            anorm = 0.0
+            lanczos = _Lanczos(op, q.div_(_norm(q)), "local")
             for j in range(steps):
-                w = op(q)
-                alpha = _dot(q, w)
-                w.sub_(q, alpha=alpha)
-                if q_prev is not None:
-                    w.sub_(q_prev, alpha=betas[-1])
-                correction = _dot(q, w)
-                w.sub_(q, alpha=correction)
-                alpha += correction
-                alphas.append(alpha)
-                beta = _norm(w)
-                op.finite(alpha, beta)
-                anorm = max(anorm, abs(alpha) + beta + (betas[-1] if betas else 0.0))
-                if j + 1 == min(steps, op.dim) or beta <= _BREAKDOWN * op.eps * anorm:
+                lanczos.step()
+                if j + 1 == min(steps, op.dim) or lanczos.closed:
                     break
-                betas.append(beta)
-                q_prev, q = q, w.div_(beta)
-            theta, s = _tridiagonal_eigh(alphas, betas)
+                lanczos.advance()
+            theta, s, _ = lanczos.ritz()
             m = theta.shape[0]
             nodes[i, :m] = theta
             nodes[i, m:] = theta[-1]
