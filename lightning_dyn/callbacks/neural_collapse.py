@@ -29,7 +29,7 @@ from lightning_dyn.functional.neural_collapse import (
     target_gram,
 )
 from lightning_dyn.loggers import log_figure
-from lightning_dyn.nn.neural_collapse_statistics import NeuralCollapseStatistics
+from lightning_dyn.metrics import NC4Mismatches, NeuralCollapseStatistics
 
 DATALOADERS = ("train", "val")
 NC4_MODES = ("second_pass", "lagged", "off")
@@ -60,7 +60,8 @@ class NeuralCollapseMonitor(pl.Callback):
     -100. When the features are not finite (a diverged run) the metrics are logged as NaN with a
     warning that names the step, and training goes on.
 
-    NC4 compares the classifier with the nearest class mean, so it needs the means first:
+    NC4 compares the classifier with the nearest class mean, so it needs the means first; its
+    counts are an ``NC4Mismatches`` metric built on those means:
     ``nc4="second_pass"`` runs the loader a second time (exact, twice the cost),
     ``"lagged"`` uses the previous measurement's means in the same pass (no extra pass; the
     first measurement has no NC4), ``"off"`` skips it.
@@ -240,18 +241,23 @@ class NeuralCollapseMonitor(pl.Callback):
         head = self._head
         lagged = self.nc4 == "lagged" and self._previous_means is not None
         metric: NeuralCollapseStatistics | None = None
+        agreement: NC4Mismatches | None = None  # lagged: counted against the previous means
         for batch, count in self._batches(trainer):
             features, logits, targets = self._features(pl_module, batch, count)
             if metric is None:
                 k, d = head.out_features, features.shape[1]
                 shift = self._previous_shift(d)
                 metric = NeuralCollapseStatistics(k, d, shift=shift).to(features.device)
+                if lagged:
+                    agreement = NC4Mismatches(self._previous_means).to(features.device)
             metric.update(features, targets)
-            if lagged:
-                metric.update_nc4(features, logits, self._previous_means.to(features.device))
+            if agreement is not None:
+                agreement.update(features, logits)
         if metric is None:
             raise ValueError(f"the {self.dataloader} dataloader yielded no batch to measure.")
-        stats, mismatches, count = metric.unpack(metric.compute())
+        stats = metric.unpack(metric.compute())
+        # Every rank computes (synchronises) both metrics before any branch.
+        counts = agreement.compute() if agreement is not None else None
         # compute() synchronised the ranks: every rank takes the same branch here.
         # The head's weights are the same on every rank too.
         weight, bias = whole(head.weight), whole(head.bias)  # FSDP2 shards gathered
@@ -260,14 +266,15 @@ class NeuralCollapseMonitor(pl.Callback):
             return nan_metrics(NC_METRICS), None
         means = class_means(stats)
         if self.nc4 == "second_pass":
-            second = NeuralCollapseStatistics(head.out_features, stats.dim).to(means.device)
+            # NC4 needs the means of the whole pass above: a second metric, built on them.
+            agreement = NC4Mismatches(means).to(means.device)
             for batch, count in self._batches(trainer):
                 features, logits, _ = self._features(pl_module, batch, count)
-                second.update_nc4(features, logits, means)
-            _, mismatches, count = second.unpack(second.compute())
+                agreement.update(features, logits)
+            counts = agreement.compute()
         metrics = neural_collapse_metrics(stats, weight, bias, target=self._target(stats))
-        if self.nc4 == "second_pass" or lagged:
-            metrics["nc4"] = nc4(int(mismatches), int(count))
+        if counts is not None:
+            metrics["nc4"] = nc4(*counts)
         self._previous_means = means.detach().cpu()
         self._previous_global = global_mean(stats).detach().cpu()
         return metrics, stats

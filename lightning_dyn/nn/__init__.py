@@ -2,13 +2,11 @@
 
 from lightning_dyn.nn.hard_constraint import HardConstraintLayer
 from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
-from lightning_dyn.nn.neural_collapse_statistics import NeuralCollapseStatistics
 from lightning_dyn.nn.stablemax import StableMaxCrossEntropyLoss, StableMaxHead
 
 __all__: list[str] = [
     "HardConstraintLayer",
     "HardConstraintMoE",
-    "NeuralCollapseStatistics",
     "StableMaxCrossEntropyLoss",
     "StableMaxHead",
 ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +17,7 @@ from user_models import UserCNN, UserImageData
 
 from lightning_dyn.callbacks import NeuralCollapseMonitor
 from lightning_dyn.functional import class_statistics, nc4, neural_collapse_metrics
-from lightning_dyn.nn import NeuralCollapseStatistics
+from lightning_dyn.metrics import NeuralCollapseStatistics
 
 
 def _features(n: int = 120, k: int = 4, d: int = 6, seed: int = 0):
@@ -31,8 +34,8 @@ def test_metric_is_identical_for_1_or_37_batches() -> None:
     split = NeuralCollapseStatistics(4, 6)
     for f, y in zip(feats.tensor_split(37), labels.tensor_split(37), strict=True):
         split.update(f, y)
-    a, _, _ = whole.unpack(whole.compute())
-    b, _, _ = split.unpack(split.compute())
+    a = whole.unpack(whole.compute())
+    b = split.unpack(split.compute())
     ref = class_statistics(feats, labels, 4)
     ma, mb, mr = (neural_collapse_metrics(s) for s in (a, b, ref))
     for key in mr:
@@ -82,6 +85,58 @@ def test_logged_metrics_equal_a_direct_two_pass_computation(tmp_path: Path) -> N
     assert logged["nc/equinorm_classifier"] == pytest.approx(
         float(w_norms.std(unbiased=False) / w_norms.mean()), rel=1e-6
     )
+
+
+class _EveryEpoch(pl.Callback):
+    """Keeps the weights after every training epoch (the monitor has measured by then)."""
+
+    def __init__(self) -> None:
+        self.states: list[dict] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.states.append({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+
+def _numpy_nc4(features: np.ndarray, logits: np.ndarray, means: np.ndarray) -> float:
+    distances = np.linalg.norm(features[:, None, :] - means[None, :, :], axis=2)
+    return float(np.mean(distances.argmin(axis=1) != logits.argmax(axis=1)))
+
+
+@pytest.mark.parametrize("mode", ["second_pass", "lagged"])
+def test_nc4_of_every_measurement_without_compute_before_update_warnings(
+    mode: str, tmp_path: Path
+) -> None:
+    # Each measurement's NC4 against numpy on that epoch's weights (lagged: the means of the
+    # epoch before), so a count left over from an earlier measurement would show; and
+    # torchmetrics must never warn that compute() ran before update().
+    torch.manual_seed(0)
+    module, data = UserCNN(), UserImageData(n=48, batch_size=16)
+    monitor = NeuralCollapseMonitor(nc4=mode, figure=False)
+    keeper = _EveryEpoch()
+    trainer = quiet_trainer(tmp_path, 9, callbacks=[monitor, keeper], max_epochs=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r".*was called before the ``update`` method.*")
+        trainer.fit(module, train_dataloaders=data.train_dataloader())
+    logged = [m["nc/nc4"] for _, m in trainer.logger.records if "nc/nc1" in m and "nc/nc4" in m]
+    y = data.y.numpy()
+    passes = []
+    for state in keeper.states:
+        module.load_state_dict(state)
+        module.eval()
+        with torch.no_grad():
+            h = module.features(data.x)
+            logits = module.classifier(h)
+        h64 = h.double().numpy()
+        means = np.stack([h64[y == c].mean(axis=0) for c in range(3)])
+        passes.append((h64, logits.double().numpy(), means))
+    if mode == "second_pass":
+        expected = [_numpy_nc4(h, z, means) for h, z, means in passes]
+    else:
+        pairs = itertools.pairwise(passes)
+        expected = [_numpy_nc4(h, z, before[2]) for before, (h, z, _) in pairs]
+    assert len(set(expected)) > 1, "the measurements should differ for this test to bite"
+    # Lightning logs in float32; one example of the 48 is 0.02.
+    assert logged == pytest.approx(expected, abs=1e-6)
 
 
 def test_lagged_nc4_uses_the_previous_means_in_one_pass(tmp_path: Path) -> None:

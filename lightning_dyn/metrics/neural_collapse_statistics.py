@@ -1,9 +1,12 @@
 """A ``torchmetrics.Metric`` accumulating neural-collapse sufficient statistics.
 
 The states are the fields of ``functional.ClassStatistics`` (per-class counts, sums and squared
-norms, one ``Σ h hᵀ``) plus the NC4 counts, all summed: torchmetrics' own synchronisation
-(``dist_reduce_fx="sum"``) merges them across DDP ranks, so the metrics after ``compute()`` are
-those of the whole dataset. Memory ``O(K·D + D²)``, whatever the number of examples.
+norms, one ``Σ h hᵀ``), all summed: torchmetrics' own synchronisation (``dist_reduce_fx="sum"``)
+merges them across DDP ranks, so the statistics after ``compute()`` are those of the whole
+dataset. Memory ``O(K·D + D²)``, whatever the number of examples.
+
+NC4 is not counted here: it needs the class means of a finished pass, so its counts are a metric
+of their own, ``NC4Mismatches`` (see its module docstring for why).
 """
 
 from __future__ import annotations
@@ -13,11 +16,9 @@ import torchmetrics
 from torch import Tensor
 
 from lightning_dyn._checks import check_positive_int
-from lightning_dyn.functional.neural_collapse import (
-    ClassStatistics,
-    class_statistics,
-    nc4_mismatches,
-)
+from lightning_dyn.functional import ClassStatistics, class_statistics
+
+_FIELDS = ("counts", "sums", "sq_norms", "second_moment")
 
 
 class NeuralCollapseStatistics(torchmetrics.Metric):
@@ -30,10 +31,9 @@ class NeuralCollapseStatistics(torchmetrics.Metric):
             the same on every rank), or ``None`` for the origin. See
             ``functional.class_statistics``.
 
-    ``update(features, labels)`` adds a batch; ``update_nc4(features, logits, means)`` adds the
-    NC4 counts of a batch against given class means; ``compute()`` synchronises the ranks and
-    returns a dict of the summed states, which ``unpack`` turns into
-    ``(ClassStatistics, nc4_mismatches, nc4_count)``.
+    ``update(features, labels)`` adds a batch (``(N, D)`` features, ``(N,)`` classes);
+    ``compute()`` synchronises the ranks and returns a dict of the summed states and the shift,
+    which ``unpack`` turns into a ``functional.ClassStatistics``.
     """
 
     full_state_update = False
@@ -50,8 +50,6 @@ class NeuralCollapseStatistics(torchmetrics.Metric):
         self.add_state("sums", torch.zeros(num_classes, dim, dtype=f64), dist_reduce_fx="sum")
         self.add_state("sq_norms", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
         self.add_state("second_moment", torch.zeros(dim, dim, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("mismatches", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-        self.add_state("nc4_count", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         shift = torch.zeros(dim, dtype=f64) if shift is None else shift.detach().double()
         self.register_buffer("shift", shift.reshape(dim).clone(), persistent=False)
 
@@ -62,25 +60,17 @@ class NeuralCollapseStatistics(torchmetrics.Metric):
         self.sq_norms += stats.sq_norms
         self.second_moment += stats.second_moment
 
-    def update_nc4(self, features: Tensor, logits: Tensor, means: Tensor) -> None:
-        mismatches, count = nc4_mismatches(features, logits, means)
-        self.mismatches += mismatches.to(self.mismatches)
-        self.nc4_count += count.to(self.nc4_count)
-
     def compute(self) -> dict[str, Tensor]:
-        return {
-            "counts": self.counts.clone(),
-            "sums": self.sums.clone(),
-            "sq_norms": self.sq_norms.clone(),
-            "second_moment": self.second_moment.clone(),
-            "shift": self.shift.clone(),
-            "mismatches": self.mismatches.clone(),
-            "nc4_count": self.nc4_count.clone(),
-        }
+        computed = {name: getattr(self, name).clone() for name in _FIELDS}
+        return {**computed, "shift": self.shift.clone()}
 
-    @staticmethod
-    def unpack(computed: dict[str, Tensor]) -> tuple[ClassStatistics, int, int]:
-        """``(ClassStatistics, nc4 mismatches, nc4 count)`` from ``compute()``'s dict."""
-        fields = ("counts", "sums", "sq_norms", "second_moment", "shift")
-        stats = ClassStatistics(**{name: computed[name] for name in fields})
-        return stats, int(computed["mismatches"]), int(computed["nc4_count"])
+    def unpack(self, computed: dict[str, Tensor]) -> ClassStatistics:
+        """The ``ClassStatistics`` of ``compute()``'s dict.
+
+        torchmetrics squeezes one-element results (``K = 1`` counts, ``D = 1`` moments); the
+        shapes are restored here.
+        """
+        k, d = self.num_classes, self.dim
+        shapes = {"counts": (k,), "sums": (k, d), "sq_norms": (k,), "second_moment": (d, d)}
+        shapes["shift"] = (d,)
+        return ClassStatistics(**{name: computed[name].reshape(s) for name, s in shapes.items()})
