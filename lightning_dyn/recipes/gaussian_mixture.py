@@ -127,10 +127,10 @@ class GaussianMixtureModule(ClassifierRecipeModule):
         batch_norm: bool = False,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         if not isinstance(batch_norm, bool):
             raise ValueError(f"batch_norm must be True or False; got {batch_norm!r}.")
-        for name, value in (("num_classes", num_classes), ("width", width), ("depth", depth)):
+        for name, value in (("width", width), ("depth", depth)):
             check_positive_int(name, value)
         self.save_hyperparameters(ignore=["optimizer"])
         self.model = MixtureMLP(input_dim, width, depth, num_classes, batch_norm)

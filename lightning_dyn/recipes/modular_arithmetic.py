@@ -17,10 +17,12 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
 from lightning_dyn.functional.classification_losses import classification_loss
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
+from lightning_dyn.recipes._classifier import stage_accuracies
 from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     shuffled_shard_loader,
@@ -213,6 +215,8 @@ class ModularArithmeticModule(pl.LightningModule):
         check_positive_int("p", p, minimum=2)
         check_choice("arch", arch, ARCHITECTURES)
         self.loss_fn = classification_loss(loss)
+        # validation_step logs test/acc from the held-out split: "val" here, "test" in test_step.
+        self.accuracy = stage_accuracies(p, ("train", "val", "test"))
         self.save_hyperparameters(ignore=["optimizer"])
         if arch == "mlp":
             for width in hidden_sizes:
@@ -225,28 +229,34 @@ class ModularArithmeticModule(pl.LightningModule):
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         return self.model(pairs)
 
-    def _loss_and_accuracy(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _loss_and_accuracy(
+        self, batch: Any, stage: str
+    ) -> tuple[torch.Tensor, torch.Tensor, MulticlassAccuracy]:
+        """Logits, loss, and the stage's accuracy metric updated with the batch."""
         pairs, labels = batch
         logits = self(pairs)
         loss = self.loss_fn(logits, labels)
-        accuracy = (logits.argmax(-1) == labels).float().mean()
+        accuracy = self.accuracy[f"{stage}_acc"]
+        accuracy(logits, labels)
         return logits, loss, accuracy
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        _, loss, accuracy = self._loss_and_accuracy(batch)
+        _, loss, accuracy = self._loss_and_accuracy(batch, "train")
         n = len(batch[1])
         self.log("train/loss", loss, batch_size=n, sync_dist=True, prog_bar=True)
-        self.log("train/acc", accuracy, batch_size=n, sync_dist=True, prog_bar=True)
+        self.log("train/acc", accuracy, prog_bar=True)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        _, loss, accuracy = self._loss_and_accuracy(batch)
-        n = len(batch[1])
-        self.log("test/loss", loss, batch_size=n, sync_dist=True)
-        self.log("test/acc", accuracy, batch_size=n, sync_dist=True, prog_bar=True)
+        self._held_out_step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
+        self._held_out_step(batch, "test")
+
+    def _held_out_step(self, batch: Any, stage: str) -> None:
+        _, loss, accuracy = self._loss_and_accuracy(batch, stage)
+        self.log("test/loss", loss, batch_size=len(batch[1]), sync_dist=True)
+        self.log("test/acc", accuracy, prog_bar=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return build_optimizer(self.optimizer_factory, self)

@@ -322,8 +322,7 @@ class OpposingSignalsModule(ClassifierRecipeModule):
         architecture: str = "mlp",
         input_shape: Sequence[int] = (1, SIDE, SIDE),
     ) -> None:
-        super().__init__()
-        check_positive_int("num_classes", num_classes, minimum=2)
+        super().__init__(num_classes)
         check_choice("loss", loss, LOSSES)
         check_choice("architecture", architecture, ARCHITECTURES)
         input_shape = tuple(input_shape)
