@@ -12,26 +12,28 @@ import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_positive_int
-from lightning_dyn.functional.hvp import HessianOperator, _autocast_off, measuring
+from lightning_dyn.functional._autocast import autocast_off
+from lightning_dyn.functional.hvp import HessianOperator, measuring
 
 Operator = HessianOperator | Callable[[Tensor], Tensor]
 
 
-def _check_seed(seed: Any) -> None:
+def check_seed(seed: Any) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer; got {seed!r}.")
 
 
-def _dot(x: Tensor, y: Tensor) -> float:
+def dot64(x: Tensor, y: Tensor) -> float:
     """``x · y`` accumulated in float64."""
     return float(torch.dot(x.double(), y.double()))
 
 
-def _norm(x: Tensor) -> float:
+def norm64(x: Tensor) -> float:
+    """``||x||`` accumulated in float64."""
     return float(torch.linalg.vector_norm(x.double()))
 
 
-class _Op:
+class CountedOperator:
     """A counted, checked ``v -> H v`` with its dimension, working dtype and device."""
 
     def __init__(
@@ -93,7 +95,7 @@ class _Op:
         and the model in :func:`measuring` mode for a ``HessianOperator``."""
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.no_grad())
-            stack.enter_context(_autocast_off(self.device))
+            stack.enter_context(autocast_off(self.device))
             if self.model is not None:
                 stack.enter_context(measuring(self.model))
             yield

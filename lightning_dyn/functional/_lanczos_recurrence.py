@@ -1,8 +1,9 @@
 """The Lanczos recurrence as a state object: Krylov basis, tridiagonal ``T`` and Simon's ω.
 
-:class:`_Lanczos` holds one run; :func:`~lightning_dyn.functional.lanczos.hessian_eigenvalues`
-and :func:`~lightning_dyn.functional.lanczos.hessian_spectral_density` drive it with
-``step`` / ``advance`` / ``restart``.
+:class:`LanczosRecurrence` holds one run;
+:func:`~lightning_dyn.functional.lanczos.hessian_eigenvalues` and
+:func:`~lightning_dyn.functional.lanczos.hessian_spectral_density` drive it with ``step`` /
+``advance`` / ``restart``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from lightning_dyn.functional._counted_operator import _dot, _norm, _Op
+from lightning_dyn.functional._counted_operator import CountedOperator, dot64, norm64
 
 _BREAKDOWN = 100.0
 """A Lanczos ``β <= _BREAKDOWN * ε * ||T||`` is rounding noise: the Krylov space has closed."""
@@ -72,7 +73,7 @@ def _tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[Tensor, 
     return torch.linalg.eigh(t)
 
 
-class _Lanczos:
+class LanczosRecurrence:
     """One Lanczos run: ``T`` (``alphas`` on the diagonal, ``betas`` off it, float64), the
     current and previous Krylov vectors and, unless ``reorthogonalize="local"``, the basis.
 
@@ -86,7 +87,7 @@ class _Lanczos:
     Lanczos quadrature.
     """
 
-    def __init__(self, op: _Op, q: Tensor, reorthogonalize: str) -> None:
+    def __init__(self, op: CountedOperator, q: Tensor, reorthogonalize: str) -> None:
         self.op = op
         self.reorthogonalize = reorthogonalize
         self.basis = _Basis(op.dim, op.dtype, op.device)
@@ -113,18 +114,18 @@ class _Lanczos:
         """One product ``H q_j``: appends ``α_j``; ``w`` and ``β_j`` are left pending."""
         op, q, betas = self.op, self.q, self.betas
         w = op(q)
-        alpha = _dot(q, w)
+        alpha = dot64(q, w)
         w.sub_(q, alpha=alpha)
         if self.q_prev is not None and betas[-1] != 0.0:
             w.sub_(self.q_prev, alpha=betas[-1])
         # Local reorthogonalisation against q_j: cheap, and it keeps α accurate.
-        correction = _dot(q, w)
+        correction = dot64(q, w)
         w.sub_(q, alpha=correction)
         alpha += correction
         self.alphas.append(alpha)
         if self.reorthogonalize == "full":
             self.basis.orthogonalize(w)
-        beta = _norm(w)
+        beta = norm64(w)
         op.finite(alpha, beta)
         self.anorm = max(self.anorm, abs(alpha) + beta + (betas[-1] if betas else 0.0))
         self._omega_next = None
@@ -143,7 +144,7 @@ class _Lanczos:
         triggered = bool(omega_next[: j + 1].abs().max() > math.sqrt(eps))
         if triggered or self._force_next:
             self.basis.orthogonalize(w)
-            beta = _norm(w)
+            beta = norm64(w)
             omega_next[: j + 1] = eps
             self._force_next = not self._force_next
         self._omega_next = omega_next
@@ -168,7 +169,7 @@ class _Lanczos:
         w = self.op.gaussian(gen)
         self.basis.orthogonalize(w)
         self.beta = 0.0
-        w_norm = _norm(w)
+        w_norm = norm64(w)
         if w_norm <= 10 * self.op.eps * math.sqrt(self.op.dim):
             return False
         self._omega_next = None

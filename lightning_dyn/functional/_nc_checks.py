@@ -5,15 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_F64 = torch.float64
+F64 = torch.float64
 """Every statistic and metric is computed in float64 (see ``functional.neural_collapse``)."""
 
 
-def _shape(x: object) -> object:
+def shape_of(x: object) -> object:
+    """For a message: the shape of a tensor, else the name of the type received."""
     return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
 
 
-def _check_matrix(name: str, x: object, rows: int | None = None, cols: int | None = None) -> None:
+def check_matrix(name: str, x: object, rows: int | None = None, cols: int | None = None) -> None:
+    """``ValueError`` unless ``x`` is a real 2-D floating tensor (of ``rows``/``cols`` if given)."""
     ok = isinstance(x, Tensor) and x.ndim == 2 and (x.is_floating_point() or x.is_complex())
     want = f"({'K' if rows is None else rows}, {'D' if cols is None else cols})"
     if (
@@ -23,12 +25,13 @@ def _check_matrix(name: str, x: object, rows: int | None = None, cols: int | Non
     ):
         dtype = f", dtype={x.dtype}" if isinstance(x, Tensor) else ""
         raise ValueError(
-            f"{name} must be a 2-D floating tensor of shape {want}; got {_shape(x)}{dtype}."
+            f"{name} must be a 2-D floating tensor of shape {want}; got {shape_of(x)}{dtype}."
         )
     if x.is_complex():
         raise ValueError(f"{name} must be real; got dtype={x.dtype}.")
 
 
-def _check_classes(name: str, k: int) -> None:
+def check_classes(name: str, k: int) -> None:
+    """``ValueError`` unless ``k >= 2`` classes: the metrics compare classes."""
     if k < 2:
         raise ValueError(f"{name} must hold at least 2 classes for this metric; got K={k}.")

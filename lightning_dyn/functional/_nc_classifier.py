@@ -8,11 +8,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lightning_dyn.functional._nc_checks import _F64, _check_classes, _check_matrix, _shape
+from lightning_dyn.functional._nc_checks import F64, check_classes, check_matrix, shape_of
 from lightning_dyn.functional._nc_statistics import (
     ClassStatistics,
-    _centred_means,
-    _check_stats,
+    centred_means,
+    check_stats,
     class_means,
 )
 
@@ -38,17 +38,17 @@ def nc3(
         A value in ``[0, 4]``, 0 when the classifier rows are the (scaled) means up to a
         common factor.
     """
-    _check_stats(stats)
-    _check_matrix("classifier", classifier, stats.num_classes, stats.dim)
-    m = _centred_means(stats) if center else class_means(stats)
+    check_stats(stats)
+    check_matrix("classifier", classifier, stats.num_classes, stats.dim)
+    m = centred_means(stats) if center else class_means(stats)
     if mean_scale is not None:
         if not isinstance(mean_scale, Tensor) or tuple(mean_scale.shape) != (stats.num_classes,):
             raise ValueError(
                 f"mean_scale must be a tensor of shape ({stats.num_classes},) (K,); got "
-                f"{_shape(mean_scale)}."
+                f"{shape_of(mean_scale)}."
             )
-        m = m * mean_scale.to(_F64).to(m.device)[:, None]
-    w = classifier.detach().to(_F64).to(m.device)
+        m = m * mean_scale.to(F64).to(m.device)[:, None]
+    w = classifier.detach().to(F64).to(m.device)
     wn, mn = torch.linalg.matrix_norm(w), torch.linalg.matrix_norm(m)
     if not bool(wn > 0) or not bool(mn > 0):
         zero = "classifier" if not bool(wn > 0) else "the class means"
@@ -82,27 +82,27 @@ def nc4_mismatches(
         ``(mismatches, count)``: 0-dim int64 tensors, to sum across batches and ranks before
         ``nc4``.
     """
-    _check_matrix("features", features)
+    check_matrix("features", features)
     n, d = features.shape
-    _check_matrix("means", means, cols=d)
+    check_matrix("means", means, cols=d)
     k = means.shape[0]
-    _check_classes("means", k)
-    h = features.detach().to(_F64)
-    mu = means.detach().to(_F64).to(h.device)
+    check_classes("means", k)
+    h = features.detach().to(F64)
+    mu = means.detach().to(F64).to(h.device)
     if isinstance(logits_or_classifier, Tensor):
-        _check_matrix("logits_or_classifier", logits_or_classifier, n, k)
+        check_matrix("logits_or_classifier", logits_or_classifier, n, k)
         logits = logits_or_classifier.detach().to(h.device)
     elif isinstance(logits_or_classifier, Sequence) and len(logits_or_classifier) == 2:
         w, b = logits_or_classifier
-        _check_matrix("logits_or_classifier[0] (W)", w, k, d)
-        logits = h @ w.detach().to(_F64).to(h.device).T
+        check_matrix("logits_or_classifier[0] (W)", w, k, d)
+        logits = h @ w.detach().to(F64).to(h.device).T
         if b is not None:
             if not isinstance(b, Tensor) or tuple(b.shape) != (k,):
                 raise ValueError(
                     f"logits_or_classifier[1] (b) must be None or a tensor of shape ({k},); got "
-                    f"{_shape(b)}."
+                    f"{shape_of(b)}."
                 )
-            logits = logits + b.detach().to(_F64).to(h.device)
+            logits = logits + b.detach().to(F64).to(h.device)
     else:
         raise ValueError(
             "logits_or_classifier must be an (N, K) tensor of logits or a pair (W, b); got "

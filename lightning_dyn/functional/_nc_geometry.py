@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_choice, check_positive_int, check_real
-from lightning_dyn.functional._nc_checks import _F64, _check_classes, _check_matrix, _shape
+from lightning_dyn.functional._nc_checks import F64, check_classes, check_matrix, shape_of
 
 NC_TARGETS: tuple[str, ...] = ("etf", "orthogonal", "imbalanced")
 """Target geometries: simplex ETF (centred), orthogonal frame, Dang et al.'s imbalanced frame."""
@@ -28,9 +28,9 @@ def equinorm(vectors: Tensor) -> float:
     Args:
         vectors: ``(K, D)`` one vector per class, ``K >= 2``.
     """
-    _check_matrix("vectors", vectors)
-    _check_classes("vectors", vectors.shape[0])
-    norms = vectors.detach().to(_F64).norm(dim=1)
+    check_matrix("vectors", vectors)
+    check_classes("vectors", vectors.shape[0])
+    norms = vectors.detach().to(F64).norm(dim=1)
     mean = norms.mean()
     if not bool(mean > 0):
         raise ValueError("vectors are all zero; their equinorm is undefined.")
@@ -39,10 +39,10 @@ def equinorm(vectors: Tensor) -> float:
 
 def _offdiag_cosines(name: str, vectors: Tensor) -> Tensor:
     """Cosines of the ``K(K-1)/2`` distinct pairs ``k < l``."""
-    _check_matrix(name, vectors)
+    check_matrix(name, vectors)
     k = vectors.shape[0]
-    _check_classes(name, k)
-    x = vectors.detach().to(_F64)
+    check_classes(name, k)
+    x = vectors.detach().to(F64)
     norms = x.norm(dim=1)
     zero = (norms == 0).nonzero().flatten().tolist()
     if zero:
@@ -74,7 +74,7 @@ def max_angle(centred_means: Tensor) -> float:
 
 def _imbalanced_factors(counts: Tensor, weight_decay: float, feature_decay: float) -> Tensor:
     """``t_k = (1 - N sqrt(λ_W λ_H / n_k))_+`` of Dang et al.'s closed form."""
-    n = counts.to(_F64)
+    n = counts.to(F64)
     return (1 - n.sum() * math.sqrt(weight_decay * feature_decay) / n.sqrt()).clamp_min(0.0)
 
 
@@ -134,7 +134,7 @@ def target_gram(
     check_real("feature_decay", feature_decay)
     if counts is not None:
         if not isinstance(counts, Tensor) or counts.ndim != 1:
-            raise ValueError(f"counts must be a 1-D tensor of shape (K,); got {_shape(counts)}.")
+            raise ValueError(f"counts must be a 1-D tensor of shape (K,); got {shape_of(counts)}.")
         if num_classes is not None and num_classes != counts.shape[0]:
             raise ValueError(
                 f"num_classes={num_classes!r} does not match counts of shape {tuple(counts.shape)}."
@@ -146,13 +146,13 @@ def target_gram(
     else:
         check_positive_int("num_classes", num_classes)  # type: ignore[arg-type]
         k, device = int(num_classes), None  # type: ignore[arg-type]
-    _check_classes("counts" if counts is not None else "num_classes", k)
+    check_classes("counts" if counts is not None else "num_classes", k)
     if target == "etf":
-        eye = torch.eye(k, dtype=_F64, device=device)
+        eye = torch.eye(k, dtype=F64, device=device)
         return (eye - 1.0 / k) / math.sqrt(k - 1)
     if target == "orthogonal":
-        return torch.eye(k, dtype=_F64, device=device) / math.sqrt(k)
-    n = counts.to(_F64)  # type: ignore[union-attr]
+        return torch.eye(k, dtype=F64, device=device) / math.sqrt(k)
+    n = counts.to(F64)  # type: ignore[union-attr]
     if not bool((n > 0).all()):
         raise ValueError(f"counts must all be > 0 for target='imbalanced'; got {n.tolist()}.")
     t = _imbalanced_factors(n, weight_decay, feature_decay)
@@ -192,12 +192,12 @@ def geometry_distance(
     Returns:
         The distance, in ``[0, 2]``.
     """
-    _check_matrix("vectors", vectors)
-    x = vectors.detach().to(_F64)
+    check_matrix("vectors", vectors)
+    x = vectors.detach().to(F64)
     if counts is not None and (not isinstance(counts, Tensor) or counts.shape != (x.shape[0],)):
         raise ValueError(
             f"counts must have shape ({x.shape[0]},) to match vectors {tuple(x.shape)}; got "
-            f"{_shape(counts)}."
+            f"{shape_of(counts)}."
         )
     t = target_gram(
         target,

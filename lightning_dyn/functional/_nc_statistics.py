@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_positive_int
-from lightning_dyn.functional._nc_checks import _F64, _check_matrix, _shape
+from lightning_dyn.functional._nc_checks import F64, check_matrix, shape_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,9 +54,9 @@ class ClassStatistics:
             if not isinstance(value, Tensor) or tuple(value.shape) != shape or k < 0:
                 raise ValueError(
                     f"ClassStatistics.{name} must be a tensor of shape {shape} (K={k}, D={d}); "
-                    f"got {_shape(value)}."
+                    f"got {shape_of(value)}."
                 )
-            if value.dtype != _F64:
+            if value.dtype != F64:
                 raise ValueError(f"ClassStatistics.{name} must be float64; got {value.dtype}.")
 
     @classmethod
@@ -80,10 +80,10 @@ class ClassStatistics:
         c = _shift(shift, dim, device)
         dev = c.device
         return cls(
-            counts=torch.zeros(num_classes, dtype=_F64, device=dev),
-            sums=torch.zeros(num_classes, dim, dtype=_F64, device=dev),
-            sq_norms=torch.zeros(num_classes, dtype=_F64, device=dev),
-            second_moment=torch.zeros(dim, dim, dtype=_F64, device=dev),
+            counts=torch.zeros(num_classes, dtype=F64, device=dev),
+            sums=torch.zeros(num_classes, dim, dtype=F64, device=dev),
+            sq_norms=torch.zeros(num_classes, dtype=F64, device=dev),
+            second_moment=torch.zeros(dim, dim, dtype=F64, device=dev),
             shift=c,
         )
 
@@ -152,12 +152,12 @@ class ClassStatistics:
 
 def _shift(shift: Tensor | None, dim: int, device: torch.device | str | None) -> Tensor:
     if shift is None:
-        return torch.zeros(dim, dtype=_F64, device=device)
+        return torch.zeros(dim, dtype=F64, device=device)
     if not isinstance(shift, Tensor) or tuple(shift.shape) != (dim,):
         raise ValueError(
-            f"shift must be a tensor of shape ({dim},) (D,) or None; got {_shape(shift)}."
+            f"shift must be a tensor of shape ({dim},) (D,) or None; got {shape_of(shift)}."
         )
-    return shift.detach().to(dtype=_F64, device=device if device is not None else shift.device)
+    return shift.detach().to(dtype=F64, device=device if device is not None else shift.device)
 
 
 @torch.no_grad()
@@ -182,10 +182,12 @@ def class_statistics(
         The batch's ``ClassStatistics``; combine batches with ``+``.
     """
     check_positive_int("num_classes", num_classes)
-    _check_matrix("features", features)
+    check_matrix("features", features)
     n, d = features.shape
     if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(f"labels must be a 1-D tensor of shape ({n},) (N,); got {_shape(labels)}.")
+        raise ValueError(
+            f"labels must be a 1-D tensor of shape ({n},) (N,); got {shape_of(labels)}."
+        )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor; got dtype={labels.dtype}.")
     if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
@@ -194,15 +196,16 @@ def class_statistics(
             f"[{int(labels.min())}, {int(labels.max())}]."
         )
     c = _shift(shift, d, features.device)
-    h = features.detach().to(_F64) - c
+    h = features.detach().to(F64) - c
     idx = labels.to(features.device).long()
-    counts = torch.bincount(idx, minlength=num_classes).to(_F64)
-    sums = torch.zeros(num_classes, d, dtype=_F64, device=h.device).index_add_(0, idx, h)
-    sq = torch.zeros(num_classes, dtype=_F64, device=h.device).index_add_(0, idx, (h * h).sum(1))
+    counts = torch.bincount(idx, minlength=num_classes).to(F64)
+    sums = torch.zeros(num_classes, d, dtype=F64, device=h.device).index_add_(0, idx, h)
+    sq = torch.zeros(num_classes, dtype=F64, device=h.device).index_add_(0, idx, (h * h).sum(1))
     return ClassStatistics(counts=counts, sums=sums, sq_norms=sq, second_moment=h.T @ h, shift=c)
 
 
-def _check_stats(stats: object) -> ClassStatistics:
+def check_stats(stats: object) -> ClassStatistics:
+    """``stats``, or ``ValueError`` unless it is a ``ClassStatistics`` with no empty class."""
     if not isinstance(stats, ClassStatistics):
         raise ValueError(f"stats must be a ClassStatistics; got {type(stats).__name__}.")
     empty = (stats.counts == 0).nonzero().flatten().tolist()
@@ -216,13 +219,14 @@ def _check_stats(stats: object) -> ClassStatistics:
     return stats
 
 
-def _shifted_means(stats: ClassStatistics) -> Tensor:
-    return _check_stats(stats).sums / stats.counts[:, None]
+def shifted_means(stats: ClassStatistics) -> Tensor:
+    """``(K, D)`` class means about ``stats.shift`` (``μ_k - shift``), checked."""
+    return check_stats(stats).sums / stats.counts[:, None]
 
 
 def class_means(stats: ClassStatistics) -> Tensor:
     """``(K, D)`` class means ``μ_k``; raises ``ValueError`` naming any empty class."""
-    return _shifted_means(stats) + stats.shift
+    return shifted_means(stats) + stats.shift
 
 
 def global_mean(stats: ClassStatistics) -> Tensor:
@@ -231,29 +235,30 @@ def global_mean(stats: ClassStatistics) -> Tensor:
     The alternative, the mean of all examples ``Σ_k n_k μ_k / N``, equals this for balanced
     classes; it is ``stats.sums.sum(0) / stats.counts.sum() + stats.shift``.
     """
-    return _shifted_means(stats).mean(dim=0) + stats.shift
+    return shifted_means(stats).mean(dim=0) + stats.shift
 
 
-def _centred_means(stats: ClassStatistics) -> Tensor:
-    m = _shifted_means(stats)
+def centred_means(stats: ClassStatistics) -> Tensor:
+    """``(K, D)`` ``μ_k - μ_G``, with the unweighted global mean ``μ_G``."""
+    m = shifted_means(stats)
     return m - m.mean(dim=0)
 
 
 def within_class_covariance(stats: ClassStatistics) -> Tensor:
     """``(D, D)`` ``Σ_W = (S2 - Σ_k n_k μ_k μ_kᵀ) / N`` (symmetrised; rounding may leave it
     slightly indefinite)."""
-    m = _shifted_means(stats)
+    m = shifted_means(stats)
     sw = (stats.second_moment - (m * stats.counts[:, None]).T @ m) / stats.counts.sum()
     return (sw + sw.T) / 2
 
 
 def between_class_covariance(stats: ClassStatistics) -> Tensor:
     """``(D, D)`` ``Σ_B = (1/K) Σ_k (μ_k - μ_G)(μ_k - μ_G)ᵀ`` with the unweighted ``μ_G``."""
-    x = _centred_means(stats)
+    x = centred_means(stats)
     return x.T @ x / x.shape[0]
 
 
-def _class_variances(stats: ClassStatistics) -> Tensor:
+def class_variances(stats: ClassStatistics) -> Tensor:
     """``(K,)`` ``σ_k² = E_k ||h - μ_k||²``, clamped at 0 against rounding."""
-    m = _shifted_means(stats)
+    m = shifted_means(stats)
     return (stats.sq_norms / stats.counts - (m * m).sum(dim=1)).clamp_min(0.0)

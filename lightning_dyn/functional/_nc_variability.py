@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from lightning_dyn.functional._nc_checks import _check_classes
+from lightning_dyn.functional._nc_checks import check_classes
 from lightning_dyn.functional._nc_statistics import (
     ClassStatistics,
-    _centred_means,
-    _check_stats,
-    _class_variances,
-    _shifted_means,
     between_class_covariance,
+    centred_means,
+    check_stats,
+    class_variances,
+    shifted_means,
     within_class_covariance,
 )
 
@@ -44,9 +44,9 @@ def nc1(stats: ClassStatistics, rcond: float = DEFAULT_RCOND) -> float:
         NC1 (0 at exact collapse).
     """
     _check_rcond(rcond)
-    x = _centred_means(stats)
+    x = centred_means(stats)
     k = x.shape[0]
-    _check_classes("stats", k)
+    check_classes("stats", k)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
     eig = s * s / k  # eigenvalues of Σ_B, descending
     keep = eig > rcond * eig[0]
@@ -60,7 +60,7 @@ def nc1(stats: ClassStatistics, rcond: float = DEFAULT_RCOND) -> float:
 
 def nc1_trace_ratio(stats: ClassStatistics) -> float:
     """Tirer et al.'s variant ``Tr(Σ_W) / Tr(Σ_B)``: no inverse, stable for large ``D``."""
-    _check_classes("stats", _check_stats(stats).num_classes)
+    check_classes("stats", check_stats(stats).num_classes)
     tb = torch.trace(between_class_covariance(stats))
     if not bool(tb > 0):
         raise ValueError("stats has all class means equal: Tr(Σ_B) = 0, the ratio is undefined.")
@@ -76,10 +76,10 @@ def cdnv(stats: ClassStatistics) -> float:
     Raises:
         ValueError: If two classes have the same mean (the pair's CDNV is infinite).
     """
-    m = _shifted_means(stats)
+    m = shifted_means(stats)
     k = m.shape[0]
-    _check_classes("stats", k)
-    var = _class_variances(stats)
+    check_classes("stats", k)
+    var = class_variances(stats)
     i, j = torch.triu_indices(k, k, offset=1, device=m.device)
     dist2 = ((m[i] - m[j]) ** 2).sum(dim=1)
     if bool((dist2 == 0).any()):

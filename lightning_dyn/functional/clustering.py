@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_positive_int
+from lightning_dyn.functional._kmeans_steps import cluster_means, distances, reseed_empty
 
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
-_CDIST_MODE = "donot_use_mm_for_euclid_dist"  # exact differences: equal rows are 0 apart
 
 
 def _check_points(points: Tensor) -> None:
@@ -37,11 +37,6 @@ def _check_points(points: Tensor) -> None:
         raise ValueError("points must hold only finite values; got NaN or infinity.")
 
 
-def _distances(x: Tensor, centroids: Tensor) -> Tensor:
-    """``(N, K)`` Euclidean distances, computed from exact coordinate differences."""
-    return torch.cdist(x, centroids, compute_mode=_CDIST_MODE)
-
-
 def _kmeans_plus_plus(x: Tensor, n_clusters: int, gen: torch.Generator) -> Tensor:
     """Indices of at most ``n_clusters`` distinct rows of ``x``, chosen by k-means++ (D² sampling).
 
@@ -51,7 +46,7 @@ def _kmeans_plus_plus(x: Tensor, n_clusters: int, gen: torch.Generator) -> Tenso
     n = x.shape[0]
     first = int(torch.randint(n, (1,), generator=gen).item())
     chosen = [first]
-    d2 = _distances(x, x[first : first + 1]).squeeze(1).square()
+    d2 = distances(x, x[first : first + 1]).squeeze(1).square()
     # Rows not equal to any chosen centre, compared exactly: the candidates for the next centre.
     fresh = (x != x[first]).any(dim=1)
     while len(chosen) < n_clusters and bool(fresh.any()):
@@ -62,46 +57,9 @@ def _kmeans_plus_plus(x: Tensor, n_clusters: int, gen: torch.Generator) -> Tenso
             weights = fresh.cpu().double()
         nxt = int(torch.multinomial(weights, 1, generator=gen).item())
         chosen.append(nxt)
-        d2 = torch.minimum(d2, _distances(x, x[nxt : nxt + 1]).squeeze(1).square())
+        d2 = torch.minimum(d2, distances(x, x[nxt : nxt + 1]).squeeze(1).square())
         fresh &= (x != x[nxt]).any(dim=1)
     return torch.tensor(chosen, dtype=torch.long).to(x.device)
-
-
-def _one_hot(labels: Tensor, n_clusters: int) -> Tensor:
-    """``(K, N)`` bool membership matrix."""
-    ids = torch.arange(n_clusters, device=labels.device)
-    return labels.unsqueeze(0) == ids.unsqueeze(1)
-
-
-def _reseed_empty(labels: Tensor, dist: Tensor) -> Tensor:
-    """Give every empty cluster one point: the point farthest from its centroid.
-
-    ``dist`` is the ``(N, K)`` point-to-centroid distance matrix that ``labels`` were assigned
-    from. Empty clusters are filled in increasing order; each takes, among points whose cluster
-    has at least two points (so no other cluster is emptied), the one farthest from its own
-    centroid, the lowest index on ties. With ``K <= N`` such a point always exists.
-    """
-    n_clusters = dist.shape[1]
-    counts = _one_hot(labels, n_clusters).sum(dim=1)
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if not empty:
-        return labels
-    labels = labels.clone()
-    own = dist.gather(1, labels.unsqueeze(1)).squeeze(1)  # distances are >= 0
-    for j in empty:
-        movable = counts[labels] >= 2
-        i = int(torch.where(movable, own, -1.0).argmax().item())  # first maximum
-        counts[labels[i]] -= 1
-        counts[j] = 1
-        labels[i] = j
-    return labels
-
-
-def _means(x: Tensor, labels: Tensor, n_clusters: int) -> Tensor:
-    """``(K, D)`` mean of the points of each (non-empty) cluster."""
-    member = _one_hot(labels, n_clusters).to(x.dtype)
-    # A matrix product, not index_add_: its summation order does not vary from run to run.
-    return (member @ x) / member.sum(dim=1, keepdim=True)
 
 
 @torch.no_grad()
@@ -152,11 +110,11 @@ def kmeans(
 
     labels: Tensor | None = None
     for _ in range(iters):
-        dist = _distances(x, centroids)
-        new_labels = _reseed_empty(dist.argmin(dim=1), dist)
+        dist = distances(x, centroids)
+        new_labels = reseed_empty(dist.argmin(dim=1), dist)
         if labels is not None and torch.equal(new_labels, labels):
             break  # centroids are already the means of these labels
         labels = new_labels
-        centroids = _means(x, labels, n_eff)
+        centroids = cluster_means(x, labels, n_eff)
     assert labels is not None  # iters >= 1
     return labels, centroids

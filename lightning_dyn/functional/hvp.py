@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dyn._checks import check_choice
+from lightning_dyn.functional._autocast import autocast_off
 
 HVP_METHODS: tuple[str, ...] = ("double_backward", "forward_over_reverse")
 
@@ -68,14 +69,6 @@ def measuring(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, flag in flags:
             module.training = flag
-
-
-def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast(device.type, enabled=False)``, or nothing where autocast does not exist."""
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except (RuntimeError, ValueError):  # a device type without autocast support
-        return contextlib.nullcontext()
 
 
 def _batch_size(batch: Any) -> int | None:
@@ -264,7 +257,7 @@ class HessianOperator:
         ]
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         product = self._double_backward if self.method == "double_backward" else self._fwd_rev
-        with torch.enable_grad(), _autocast_off(self.device):
+        with torch.enable_grad(), autocast_off(self.device):
             for index, (batch, weight) in enumerate(zip(self.batches, self._weights, strict=True)):
                 if weight == 0.0:
                     continue  # an empty batch: its mean loss would be NaN

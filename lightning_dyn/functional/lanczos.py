@@ -38,8 +38,14 @@ import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_choice, check_positive_int, check_real
-from lightning_dyn.functional._counted_operator import Operator, _check_seed, _dot, _norm, _Op
-from lightning_dyn.functional._lanczos_recurrence import _Lanczos
+from lightning_dyn.functional._counted_operator import (
+    CountedOperator,
+    Operator,
+    check_seed,
+    dot64,
+    norm64,
+)
+from lightning_dyn.functional._lanczos_recurrence import LanczosRecurrence
 from lightning_dyn.functional._spectral_results import EigenResult, SpectralDensity, TraceResult
 
 EIGEN_WHICH: tuple[str, ...] = ("largest", "smallest", "both")
@@ -116,8 +122,8 @@ def hessian_eigenvalues(
     check_choice("which", which, EIGEN_WHICH)
     check_real("tol", tol, strictly_positive=True)
     check_choice("reorthogonalize", reorthogonalize, REORTHOGONALIZE)
-    _check_seed(seed)
-    op = _Op(operator, dim, dtype, device, v0)
+    check_seed(seed)
+    op = CountedOperator(operator, dim, dtype, device, v0)
     n_wanted = 2 * k if which == "both" else k
     if n_wanted > op.dim:
         raise ValueError(
@@ -131,7 +137,7 @@ def hessian_eigenvalues(
         max_iter = min(max_iter, op.dim)
     gen = torch.Generator().manual_seed(seed)
     q = op.gaussian(gen) if v0 is None else _start_vector(v0, op)
-    lanczos = _Lanczos(op, q / _norm(q), reorthogonalize)
+    lanczos = LanczosRecurrence(op, q / norm64(q), reorthogonalize)
     converged = False
     with op.context():
         for j in range(max_iter):
@@ -164,12 +170,12 @@ def hessian_eigenvalues(
     )
 
 
-def _start_vector(v0: Any, op: _Op) -> Tensor:
+def _start_vector(v0: Any, op: CountedOperator) -> Tensor:
     if not isinstance(v0, Tensor) or v0.ndim not in (1, 2) or v0.shape[-1] != op.dim:
         shape = tuple(v0.shape) if isinstance(v0, Tensor) else type(v0).__name__
         raise ValueError(f"v0 must be a ({op.dim},) or (m, {op.dim}) tensor; got {shape}.")
     q = (v0 if v0.ndim == 1 else v0.sum(dim=0)).detach().to(op.device, op.dtype).clone()
-    norm = _norm(q)
+    norm = norm64(q)
     if not math.isfinite(norm) or norm == 0.0:
         raise ValueError(f"v0 must be finite and non-zero; got norm {norm}.")
     return q
@@ -245,8 +251,8 @@ def hessian_trace(
         raise ValueError(
             f"samples must be an integer >= {minimum} with method={method!r}; got {samples!r}."
         )
-    _check_seed(seed)
-    op = _Op(operator, dim, dtype, device)
+    check_seed(seed)
+    op = CountedOperator(operator, dim, dtype, device)
     gen = torch.Generator().manual_seed(seed)
     exact = 0.0
     magnitude = 0.0  # Σ ||H q_i|| over the exact part, for its rounding bound
@@ -267,13 +273,13 @@ def hessian_trace(
         for i in range(0 if basis is None else basis.shape[1]):
             column = basis[:, i].contiguous()
             product = op(column)
-            exact += _dot(column, product)
-            magnitude += _norm(product)
+            exact += dot64(column, product)
+            magnitude += norm64(product)
         for _ in range(probes):
             z = op.rademacher(gen)
             if basis is not None:
                 z = z - basis @ (basis.T @ z)
-            values.append(_dot(z, op(z)))
+            values.append(dot64(z, op(z)))
     op.finite(exact, magnitude, *values)
     estimates = torch.tensor(values, dtype=torch.float64)
     spread = float(estimates.std() / math.sqrt(probes)) if probes else 0.0
@@ -327,15 +333,15 @@ def hessian_spectral_density(
     """
     check_positive_int("steps", steps)
     check_positive_int("n_vectors", n_vectors)
-    _check_seed(seed)
-    op = _Op(operator, dim, dtype, device)
+    check_seed(seed)
+    op = CountedOperator(operator, dim, dtype, device)
     gen = torch.Generator().manual_seed(seed)
     nodes = torch.zeros(n_vectors, steps, dtype=torch.float64)
     weights = torch.zeros(n_vectors, steps, dtype=torch.float64)
     with op.context():
         for i in range(n_vectors):
             q = op.rademacher(gen)
-            lanczos = _Lanczos(op, q.div_(_norm(q)), "local")
+            lanczos = LanczosRecurrence(op, q.div_(norm64(q)), "local")
             for j in range(steps):
                 lanczos.step()
                 if j + 1 == min(steps, op.dim) or lanczos.closed:

@@ -49,7 +49,7 @@ from torch import Tensor
 from lightning_dyn._checks import check_choice
 
 # ``name as name``: a public name re-exported from its private sibling.
-from lightning_dyn.functional._nc_checks import _check_classes, _check_matrix, _shape
+from lightning_dyn.functional._nc_checks import check_classes, check_matrix, shape_of
 from lightning_dyn.functional._nc_classifier import nc3 as nc3
 from lightning_dyn.functional._nc_classifier import nc4 as nc4
 from lightning_dyn.functional._nc_classifier import nc4_mismatches as nc4_mismatches
@@ -62,10 +62,10 @@ from lightning_dyn.functional._nc_geometry import geometry_distance as geometry_
 from lightning_dyn.functional._nc_geometry import max_angle as max_angle
 from lightning_dyn.functional._nc_geometry import target_gram as target_gram
 from lightning_dyn.functional._nc_statistics import ClassStatistics as ClassStatistics
-from lightning_dyn.functional._nc_statistics import _centred_means, _check_stats
 from lightning_dyn.functional._nc_statistics import (
     between_class_covariance as between_class_covariance,
 )
+from lightning_dyn.functional._nc_statistics import centred_means, check_stats
 from lightning_dyn.functional._nc_statistics import class_means as class_means
 from lightning_dyn.functional._nc_statistics import class_statistics as class_statistics
 from lightning_dyn.functional._nc_statistics import global_mean as global_mean
@@ -114,19 +114,19 @@ def neural_collapse_metrics(
         A dict of Python floats.
     """
     check_choice("target", target, NC_TARGETS)
-    _check_stats(stats)
-    _check_classes("stats", stats.num_classes)
+    check_stats(stats)
+    check_classes("stats", stats.num_classes)
     if classifier_weight is not None:
-        _check_matrix("classifier_weight", classifier_weight, stats.num_classes, stats.dim)
+        check_matrix("classifier_weight", classifier_weight, stats.num_classes, stats.dim)
     if classifier_bias is not None and (
         not isinstance(classifier_bias, Tensor)
         or tuple(classifier_bias.shape) != (stats.num_classes,)
     ):
         raise ValueError(
             f"classifier_bias must be None or a tensor of shape ({stats.num_classes},) (K,); got "
-            f"{_shape(classifier_bias)}."
+            f"{shape_of(classifier_bias)}."
         )
-    centred = _centred_means(stats)
+    centred = centred_means(stats)
     geometry = centred if target == "etf" else class_means(stats)
     decay = {"weight_decay": weight_decay, "feature_decay": feature_decay}
     out = {

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_positive_int
-from lightning_dyn.functional.clustering import _distances, kmeans
+from lightning_dyn.functional._kmeans_steps import distances
+from lightning_dyn.functional.clustering import kmeans
 
 
 def _check_series(series: Tensor) -> None:
@@ -141,7 +142,7 @@ def feature_groups(
     centroids = centroids.to(feats)
     # Exact distances (no matrix-product shortcut), and the radius read from the same matrix: an
     # example equal to a cluster's farthest member lies exactly on the radius and must join.
-    dist = _distances(feats, centroids)
+    dist = distances(feats, centroids)
     radius = torch.zeros(len(centroids), dtype=feats.dtype, device=feats.device)
     member_dist = dist[members].gather(1, labels[:, None])[:, 0]
     radius.scatter_reduce_(0, labels, member_dist, reduce="amax")

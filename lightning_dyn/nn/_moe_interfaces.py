@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from lightning_dyn.functional.face_jumps import EXTRAPOLATION, SLOPE
-from lightning_dyn.functional.least_squares import solve_least_squares
+from lightning_dyn.functional.least_squares import LeastSquaresResult, solve_least_squares
 
 
 def _faces(
@@ -226,38 +226,42 @@ def interface_jump(basis: Tensor, omega: Tensor, pairs: list[tuple[int, int, Ten
 
 
 def solve_coupled(
-    moe: Any,
+    layer: Any,
+    indices: list[Tensor],
+    pairs: list[tuple[int, int, Tensor]],
+    traces: list[tuple[int, int, Tensor, Tensor]],
+    weight: float,
+    slope_weight: float,
     basis: Tensor,
     data: tuple[Tensor, ...],
     per_point: list[bool],
     offset: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """All experts of ``moe`` and their interface rows in one solve: ``ω`` ``(B, K, N)`` and the
-    diagnostics ``(B, K, 4)`` (the joint solve's, repeated per expert). ``offset`` ``(B, P)``:
+) -> tuple[Tensor, LeastSquaresResult]:
+    """All experts and their interface rows in one solve: ``ω`` ``(B, K, N)`` and the joint
+    solve's result. ``layer`` is the ``HardConstraintLayer`` whose ``residual_rows`` are each
+    expert's rows and whose settings drive the solve; ``indices`` are the experts' block points;
+    with ``traces`` (``"c1"``) the ``pairs``' value rows are left out. ``offset`` ``(B, P)``:
     the field common to all experts, which the C1 rows' traces include."""
-    from lightning_dyn.nn.hard_constraint_moe import _stats
-
     batch, _, n_basis = basis.shape
-    layer = moe.layer
+    experts = len(indices)
     residual = coupled_residual(
-        layer._residual,
-        moe._indices,
+        layer.residual_rows,
+        indices,
         per_point,
-        [] if moe._traces else moe._pairs,
-        moe.interface_weight,
+        [] if traces else pairs,
+        weight,
         n_basis,
-        moe._traces,
-        moe.interface_slope_weight,
-        offset=offset is not None and bool(moe._traces),
+        traces,
+        slope_weight,
+        offset=offset is not None and bool(traces),
     )
-    common = (offset,) if offset is not None and moe._traces else ()
+    common = (offset,) if offset is not None and traces else ()
     res = solve_least_squares(
         residual,
         (basis, *common, *data),
-        basis.new_zeros(batch, moe.experts * n_basis, dtype=torch.float64),
+        basis.new_zeros(batch, experts * n_basis, dtype=torch.float64),
         max_iter=layer.max_iter,
         tol=layer.tol,
         on_failure=layer.on_failure,
     )
-    omega = res.omega.reshape(batch, moe.experts, n_basis)
-    return omega, _stats(res)[:, None].expand(batch, moe.experts, 4)
+    return res.omega.reshape(batch, experts, n_basis), res

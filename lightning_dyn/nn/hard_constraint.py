@@ -20,7 +20,6 @@ are also more accurate than one solve is what the issue-8 benchmark is to measur
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,40 +30,9 @@ from lightning_dyn.functional.least_squares import (
     LeastSquaresResult,
     solve_least_squares,
 )
+from lightning_dyn.nn._constraint_inputs import check_basis, check_data
 
 HardResidualFn = Callable[..., Tensor]
-
-
-def _shape(value: Any) -> Any:
-    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-
-
-def _check_basis(basis: Any) -> None:
-    if not isinstance(basis, Tensor) or basis.ndim != 3 or not basis.is_floating_point():
-        raise ValueError(
-            f"basis must be a floating (B, P, N) tensor of N basis functions on P grid points; "
-            f"got {_shape(basis)}"
-            + (f" ({basis.dtype})" if isinstance(basis, Tensor) else "")
-            + "."
-        )
-    if 0 in basis.shape:
-        raise ValueError(f"basis must have B, P, N >= 1; got {tuple(basis.shape)}.")
-
-
-def _check_data(constraint_data: Any, batch: int) -> tuple[Tensor, ...]:
-    if isinstance(constraint_data, Tensor) or not isinstance(constraint_data, Sequence):
-        raise ValueError(
-            "constraint_data must be a tuple of tensors with leading dimension B; got "
-            f"{type(constraint_data).__name__}."
-        )
-    data = tuple(constraint_data)
-    for i, d in enumerate(data):
-        if not isinstance(d, Tensor) or d.ndim == 0 or d.shape[0] != batch:
-            raise ValueError(
-                f"constraint_data[{i}] must be a tensor with leading dimension B={batch} (the "
-                f"batch size of basis); got {_shape(d)}."
-            )
-    return data
 
 
 class HardConstraintLayer(nn.Module):
@@ -113,7 +81,11 @@ class HardConstraintLayer(nn.Module):
         self.tol = float(tol)
         self.on_failure = on_failure
 
-    def _residual(self, omega: Tensor, params: tuple[Tensor, ...]) -> Tensor:
+    def residual_rows(self, omega: Tensor, params: tuple[Tensor, ...]) -> Tensor:
+        """The rows solved for ONE sample: ``residual_fn``'s, then the ridge rows ``ridge · ω``.
+
+        ``params`` is ``(basis_b, *constraint_data_b)``; ``HardConstraintMoE`` calls it per block.
+        """
         r = self.residual_fn(omega, *params)
         return torch.cat([r, self.ridge * omega])
 
@@ -135,10 +107,10 @@ class HardConstraintLayer(nn.Module):
             ValueError: If ``basis`` is not a floating ``(B, P, N)`` tensor, or an entry of
                 ``constraint_data`` lacks the leading dimension ``B``.
         """
-        _check_basis(basis)
-        data = _check_data(constraint_data, basis.shape[0])
+        check_basis(basis)
+        data = check_data(constraint_data, basis.shape[0])
         result = solve_least_squares(
-            self._residual,
+            self.residual_rows,
             (basis, *data),
             basis.new_zeros(basis.shape[0], basis.shape[2], dtype=torch.float64),
             max_iter=self.max_iter,

@@ -24,6 +24,7 @@ from lightning_dyn.functional.least_squares import (
     LeastSquaresResult,
     solve_least_squares,
 )
+from lightning_dyn.nn._constraint_inputs import check_basis, check_data
 from lightning_dyn.nn._moe_interfaces import (
     interface_jump,
     interface_kind,
@@ -32,12 +33,7 @@ from lightning_dyn.nn._moe_interfaces import (
     trace_pairs,
 )
 from lightning_dyn.nn._moe_parallel import check_same_input, exchange
-from lightning_dyn.nn.hard_constraint import (
-    HardConstraintLayer,
-    HardResidualFn,
-    _check_basis,
-    _check_data,
-)
+from lightning_dyn.nn.hard_constraint import HardConstraintLayer, HardResidualFn
 
 
 def _axis_blocks(n: int, parts: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -345,14 +341,14 @@ class HardConstraintMoE(nn.Module):
             ValueError: If ``basis`` is not a floating ``(B, P, N)`` tensor with
                 ``P = prod(grid_shape)``, or ``constraint_data`` or ``offset`` does not match it.
         """
-        _check_basis(basis)
+        check_basis(basis)
         batch, points, _ = basis.shape
         if points != math.prod(self.grid_shape):
             raise ValueError(
                 f"basis has P={points} points, but grid_shape={self.grid_shape} has "
                 f"{math.prod(self.grid_shape)}; basis must be (B, prod(grid_shape), N)."
             )
-        data = _check_data(constraint_data, batch)
+        data = check_data(constraint_data, batch)
         per_point = self._per_point(data, points)
         if offset is not None and (
             not isinstance(offset, Tensor)
@@ -364,7 +360,19 @@ class HardConstraintMoE(nn.Module):
                 f"offset must be a floating (B, P) = {(batch, points)} tensor; got {got!r}."
             )
         if self.interface_rows and self.experts > 1:
-            world, (omega, stats) = 1, solve_coupled(self, basis, data, per_point, offset)
+            omega, joint = solve_coupled(
+                self.layer,
+                self._indices,
+                self._pairs,
+                self._traces,
+                self.interface_weight,
+                self.interface_slope_weight,
+                basis,
+                data,
+                per_point,
+                offset,
+            )
+            world, stats = 1, _stats(joint)[:, None].expand(batch, self.experts, 4)
         else:
             world, rank = self._world()
             if world > 1:
@@ -440,7 +448,7 @@ class HardConstraintMoE(nn.Module):
             block_basis = restrict(basis, True)
             block_data = tuple(restrict(d, f) for d, f in zip(data, per_point, strict=True))
             res = solve_least_squares(
-                layer._residual,
+                layer.residual_rows,
                 (block_basis, *block_data),
                 basis.new_zeros(batch * g, basis.shape[2], dtype=torch.float64),
                 max_iter=layer.max_iter,

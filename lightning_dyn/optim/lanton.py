@@ -38,10 +38,9 @@ from lightning_dyn._checks import (
     check_real,
 )
 from lightning_dyn.functional._dtensor import local
+from lightning_dyn.functional._ns_coefficients import NS_COEFFICIENTS, resolve_coefficients
 from lightning_dyn.functional.lmo import (
-    NS_COEFFICIENTS,
     SPECTRAL_SCALES,
-    _resolve_coefficients,
     l1_norm,
     sign_lmo,
     spectral_dual_norm,
@@ -87,7 +86,7 @@ def _check_hyperparameters(values: Mapping[str, Any], where: str = "") -> None:
             f"got {dtype!r}."
         )
     try:
-        _resolve_coefficients(values["ns_coefficients"])
+        resolve_coefficients(values["ns_coefficients"])
     except (TypeError, ValueError):
         presets = ", ".join(map(repr, NS_COEFFICIENTS))
         raise ValueError(

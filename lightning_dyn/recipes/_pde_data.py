@@ -28,6 +28,7 @@ __all__ = [
     "burgers_operator",
     "diffusion_sorption_operator",
     "random_sine_ics",
+    "retardation",
     "rk4_stability_margin",
     "solve_burgers",
     "solve_diffusion_sorption",
@@ -200,7 +201,8 @@ DIFFUSION_SORPTION_DEFAULTS: dict[str, float] = {
 }
 
 
-def _retardation(u: torch.Tensor, p: dict[str, float]) -> torch.Tensor:
+def retardation(u: torch.Tensor, p: dict[str, float]) -> torch.Tensor:
+    """The Freundlich retardation factor ``R(u)`` of diffusion-sorption with parameters ``p``."""
     # R(u) = 1 + (1 - phi)/phi * rho_s * k_f * n_f * (u + 1e-6)**(n_f - 1); u clipped at 0 so
     # tiny negative undershoots of the implicit solver cannot produce NaNs.
     base = u.clamp_min(0.0) + 1e-6
@@ -228,7 +230,7 @@ def diffusion_sorption_operator(u: torch.Tensor, **params: float) -> torch.Tenso
     right = p["D"] * (u[..., -2:-1] - u[..., -1:]) / dx
     padded = torch.cat([left, u, right], dim=-1)
     lap = (padded[..., 2:] - 2.0 * u + padded[..., :-2]) / (dx * dx)
-    return p["D"] / _retardation(u, p) * lap
+    return p["D"] / retardation(u, p) * lap
 
 
 def solve_diffusion_sorption(

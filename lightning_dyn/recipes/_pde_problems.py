@@ -29,9 +29,9 @@ from torch import Tensor
 from lightning_dyn._checks import check_choice, check_positive_int, check_real
 from lightning_dyn.recipes._pde_data import (
     DIFFUSION_SORPTION_DEFAULTS,
-    _retardation,
     burgers_grid,
     random_sine_ics,
+    retardation,
     rk4_stability_margin,
     solve_burgers,
     solve_diffusion_sorption,
@@ -133,7 +133,7 @@ class DiffusionSorption:
         return (*time_rows(v, dt), lap[:, 1:])
 
     def combine(self, u: Tensor, u_tau: Tensor, lap: Tensor) -> Tensor:
-        return u_tau - self.t_final * self.params["D"] / _retardation(u, self.params) * lap
+        return u_tau - self.t_final * self.params["D"] / retardation(u, self.params) * lap
 
 
 def check_setting(

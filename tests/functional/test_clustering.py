@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightning_dyn.functional import kmeans
-from lightning_dyn.functional.clustering import _reseed_empty
+from lightning_dyn.functional._kmeans_steps import reseed_empty
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -194,12 +194,12 @@ def test_reseed_empty_takes_the_farthest_point_without_emptying_another_cluster(
     own = torch.tensor([1.0, 5.0, 2.0, 9.0, 6.0], dtype=torch.float64)
     dist = torch.full((5, 4), 100.0, dtype=torch.float64)
     dist[torch.arange(5), labels] = own
-    got = _reseed_empty(labels, dist)
+    got = reseed_empty(labels, dist)
     # Cluster 2 takes point 3 (farthest, 9.0). Point 4 (6.0) is then alone in cluster 1, so
     # cluster 3 takes point 1 (5.0).
     assert got.tolist() == [0, 3, 0, 2, 1]
     assert labels.tolist() == [0, 0, 0, 1, 1]  # input not modified
-    assert _reseed_empty(got, dist) is got  # nothing to do
+    assert reseed_empty(got, dist) is got  # nothing to do
 
 
 # --- argument checks --------------------------------------------------------------------------
