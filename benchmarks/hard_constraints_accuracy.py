@@ -30,7 +30,6 @@ import lightning.pytorch as pl
 import torch
 from _timing import bare_trainer
 
-from lightning_dyn.functional import face_jumps
 from lightning_dyn.recipes import PDEDataModule, PDEModule
 from lightning_dyn.recipes._pde_figure import field_figure
 from lightning_dyn.recipes.pde import relative_l2
@@ -39,7 +38,6 @@ OUT = Path(__file__).with_name("results") / "hard_constraints_accuracy.jsonl"
 FIGURE = Path(__file__).with_name("figures") / "hard_constraints_field.png"
 C1_WEIGHTS = (1e5, 1e5)  # (interface_weight, interface_slope_weight) of moe_c1
 TUNING_SEEDS = 100  # seeds from here on only choose weights; evaluation seeds are 0, 1, 2
-JUMP_PARTITION = (1, 4)  # where every arm's face jumps are read: the MoE arms' blocks
 ARMS = {
     "soft": {"constraint": "soft"},
     "hard": {"constraint": "hard"},
@@ -77,14 +75,6 @@ def _options(arm: str, weight: float | None, slope_weight: float | None) -> dict
     return options
 
 
-def jumps(module: PDEModule, u: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per held-out IC: the largest normalised value and slope jump over the faces of
-    ``JUMP_PARTITION`` (``face_jumps`` on the rows after t = 0, the MoE's grid)."""
-    periodic = (False, module.problem.periodic_x)
-    fj = face_jumps(u[:, 1:].detach(), JUMP_PARTITION, periodic)
-    return fj.value.amax(1).tolist(), fj.slope.amax(1).tolist()
-
-
 def run(
     problem: str,
     arm: str,
@@ -109,7 +99,9 @@ def run(
     module.eval()
     u, _ = module(u0)
     errors = [float(relative_l2(u[i : i + 1].detach(), u_ref[i : i + 1])) for i in range(len(u0))]
-    value_jumps, slope_jumps = jumps(module, u)
+    # Per held-out IC, the largest normalised face jump (PDEModule.face_jumps: the rows after
+    # t = 0 at the faces of the module's partition, (1, 4) for every arm here).
+    value_jumps, slope_jumps = (j.tolist() for j in module.face_jumps(u.detach()))
     if figure:
         partition = module.solver.partition if module.constraint == "moe" else (1, 1)
         title = f"{arm}, {steps} steps"
@@ -124,7 +116,7 @@ def run(
         "errors": errors,
         "value_jumps": value_jumps,
         "slope_jumps": slope_jumps,
-        "jump_partition": list(JUMP_PARTITION),
+        "jump_partition": list(module.jump_partition),
         "seconds_per_step": seconds / steps,
         "date": str(datetime.date.today()),
         "machine": f"{platform.machine()}, 2-core CPU, 1 torch thread",
