@@ -10,7 +10,12 @@ import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from lightning_dyn._checks import check_callable, check_choice, check_positive_int
+from lightning_dyn._checks import (
+    check_callable,
+    check_choice,
+    check_float_dtype,
+    check_positive_int,
+)
 from lightning_dyn.callbacks._adapters import (
     LOGITS_FN_SIGNATURE,
     ForwardFirstInput,
@@ -84,10 +89,7 @@ class SoftmaxCollapseMonitor(pl.Callback):
         check_choice("loss", loss, COLLAPSE_LOSSES)
         if isinstance(dtype, str):  # from a config file: "float64"
             dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValueError(
-                f"dtype must be a floating torch dtype (or its name) or None; got {dtype!r}."
-            )
+        check_float_dtype("dtype", dtype, optional=True, hint=" (or its name)")
         check_callable("logits_fn", logits_fn, LOGITS_FN_SIGNATURE)
         self.every_n_steps, self.probe_size = every_n_steps, probe_size
         self.dtype, self.loss = dtype, loss

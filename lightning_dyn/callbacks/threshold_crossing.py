@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_dyn._checks import check_choice
+from lightning_dyn._checks import check_choice, check_real
 
 
 class ThresholdCrossing(pl.Callback):
@@ -33,12 +32,7 @@ class ThresholdCrossing(pl.Callback):
             raise ValueError(
                 f"monitor must be the non-empty key of a logged metric; got {monitor!r}."
             )
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float))
-            or not math.isfinite(threshold)
-        ):
-            raise ValueError(f"threshold must be a finite number; got {threshold!r}.")
+        check_real("threshold", threshold, any_sign=True)
         self.monitor, self.threshold, self.mode = monitor, float(threshold), mode
         self.crossed_at_step: int | None = None
         self.value_at_crossing: float | None = None

@@ -11,16 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_positive_int
+from lightning_dyn._checks import check_float_dtype, check_positive_int, shape_of
 from lightning_dyn.functional._autocast import autocast_off
 from lightning_dyn.functional.hvp import HessianOperator, measuring
 
 Operator = HessianOperator | Callable[[Tensor], Tensor]
-
-
-def check_seed(seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer; got {seed!r}.")
 
 
 def dot64(x: Tensor, y: Tensor) -> float:
@@ -65,8 +60,7 @@ class CountedOperator:
                 dtype = v0.dtype
         if not isinstance(dtype, torch.dtype):
             dtype = torch.get_default_dtype()
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating torch.dtype; got {dtype!r}.")
+        check_float_dtype("dtype", dtype)
         if device is None:
             device = getattr(operator, "device", None)
             if not isinstance(device, torch.device | str) and isinstance(v0, Tensor):
@@ -83,9 +77,9 @@ class CountedOperator:
         out = self.fn(v.contiguous())
         self.count += 1
         if not isinstance(out, Tensor) or tuple(out.shape) != (self.dim,):
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
-                f"operator must return a tensor of shape ({self.dim},) (the input's); got {shape}."
+                f"operator must return a tensor of shape ({self.dim},) (the input's); got "
+                f"{shape_of(out)}."
             )
         return out.detach().to(self.device, self.dtype)
 

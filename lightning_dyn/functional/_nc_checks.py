@@ -5,13 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_dyn._checks import shape_of
+
 F64 = torch.float64
 """Every statistic and metric is computed in float64 (see ``functional.neural_collapse``)."""
-
-
-def shape_of(x: object) -> object:
-    """For a message: the shape of a tensor, else the name of the type received."""
-    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
 
 
 def check_matrix(name: str, x: object, rows: int | None = None, cols: int | None = None) -> None:

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lightning_dyn.functional._nc_checks import F64, check_classes, check_matrix, shape_of
+from lightning_dyn._checks import shape_of
+from lightning_dyn.functional._nc_checks import F64, check_classes, check_matrix
 from lightning_dyn.functional._nc_statistics import (
     ClassStatistics,
     centred_means,

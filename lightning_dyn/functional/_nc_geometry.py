@@ -9,8 +9,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_choice, check_positive_int, check_real
-from lightning_dyn.functional._nc_checks import F64, check_classes, check_matrix, shape_of
+from lightning_dyn._checks import check_choice, check_positive_int, check_real, shape_of
+from lightning_dyn.functional._nc_checks import F64, check_classes, check_matrix
 
 NC_TARGETS: tuple[str, ...] = ("etf", "orthogonal", "imbalanced")
 """Target geometries: simplex ETF (centred), orthogonal frame, Dang et al.'s imbalanced frame."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_positive_int
-from lightning_dyn.functional._nc_checks import F64, check_matrix, shape_of
+from lightning_dyn._checks import check_positive_int, shape_of
+from lightning_dyn.functional._nc_checks import F64, check_matrix
 
 
 @dataclass(frozen=True, eq=False)

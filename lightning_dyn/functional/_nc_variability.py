@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_dyn._checks import check_fraction
 from lightning_dyn.functional._nc_checks import check_classes
 from lightning_dyn.functional._nc_statistics import (
     ClassStatistics,
@@ -18,12 +19,6 @@ from lightning_dyn.functional._nc_statistics import (
 
 DEFAULT_RCOND = 1e-12
 """Eigenvalues of ``Σ_B`` below ``rcond`` times the largest are treated as 0 in ``Σ_B^+``."""
-
-
-def _check_rcond(rcond: float) -> None:
-    ok = isinstance(rcond, (int, float)) and not isinstance(rcond, bool)
-    if not ok or not 0 <= rcond < 1:
-        raise ValueError(f"rcond must be a number in [0, 1); got {rcond!r}.")
 
 
 def nc1(stats: ClassStatistics, rcond: float = DEFAULT_RCOND) -> float:
@@ -43,7 +38,7 @@ def nc1(stats: ClassStatistics, rcond: float = DEFAULT_RCOND) -> float:
     Returns:
         NC1 (0 at exact collapse).
     """
-    _check_rcond(rcond)
+    check_fraction("rcond", rcond, open_high=True)
     x = centred_means(stats)
     k = x.shape[0]
     check_classes("stats", k)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_positive_int
+from lightning_dyn._checks import check_positive_int, check_seed
 from lightning_dyn.functional._kmeans_steps import cluster_means, distances, reseed_empty
-
-_SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
 
 
 def _check_points(points: Tensor) -> None:
@@ -100,8 +98,7 @@ def kmeans(
     _check_points(points)
     check_positive_int("n_clusters", n_clusters)
     check_positive_int("iters", iters)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not _SEED_MIN <= seed <= _SEED_MAX:
-        raise ValueError(f"seed must be an integer in [-2**63, 2**64 - 1]; got {seed!r}.")
+    check_seed(seed)
 
     x = points.detach().to(torch.float64)
     gen = torch.Generator(device="cpu").manual_seed(seed)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from lightning_dyn._checks import check_callable, check_vector
 from lightning_dyn.functional._dtensor import local, rows_of, whole
 
 GradientFn = Callable[[], Sequence[Tensor | None]]
@@ -48,8 +49,7 @@ class FiniteDifferenceHessian:
         step: float | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if not callable(gradient):
-            raise ValueError(f"gradient must be callable; got {type(gradient).__name__}.")
+        check_callable("gradient", gradient, optional=False)
         if step is not None and not (isinstance(step, float | int) and step > 0):
             raise ValueError(f"step must be a positive number or None; got {step!r}.")
         self.params = list(params)
@@ -87,9 +87,7 @@ class FiniteDifferenceHessian:
     @torch.no_grad()
     def matvec(self, v: Tensor) -> Tensor:
         """``H v``, a ``(dim,)`` tensor in ``dtype`` on ``device``."""
-        if not isinstance(v, Tensor) or tuple(v.shape) != (self.dim,):
-            shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-            raise ValueError(f"v must be a tensor of shape ({self.dim},); got {shape}.")
+        check_vector("v", v, self.dim)
         h = self._step_for(v)
         pieces = [x.view(p.shape) for x, p in zip(v.split(self._sizes), self.params, strict=True)]
         saved = [local(p).detach().clone() for p in self.params]

@@ -37,7 +37,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_dyn._checks import check_choice
+from lightning_dyn._checks import (
+    check_callable,
+    check_choice,
+    check_float_dtype,
+    check_vector,
+    shape_of,
+)
 from lightning_dyn.functional._autocast import autocast_off
 
 HVP_METHODS: tuple[str, ...] = ("double_backward", "forward_over_reverse")
@@ -144,11 +150,9 @@ class HessianOperator:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-        if not callable(loss_fn):
-            raise ValueError(f"loss_fn must be callable; got {type(loss_fn).__name__}.")
+        check_callable("loss_fn", loss_fn, optional=False)
         check_choice("method", method, HVP_METHODS)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating torch.dtype; got {dtype!r}.")
+        check_float_dtype("dtype", dtype)
         batches = list(batches)
         if not batches:
             raise ValueError("batches must contain at least one batch; got none.")
@@ -211,7 +215,7 @@ class HessianOperator:
         """
         tensors = list(tensors)
         shapes = [tuple(p.shape) for p in self.params]
-        got = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in tensors]
+        got = [shape_of(t) for t in tensors]
         if got != shapes:
             raise ValueError(f"tensors must have the shapes of params, {shapes}; got {got}.")
         return torch.cat([t.reshape(-1).to(self.device, self.dtype) for t in tensors])
@@ -225,14 +229,9 @@ class HessianOperator:
         Returns:
             Views of ``vec`` shaped like ``params``, in order (``vec``'s dtype and device).
         """
-        self._check_vector("vec", vec)
+        check_vector("vec", vec, self.dim)
         pieces = vec.split(self._sizes)
         return [x.view(p.shape) for x, p in zip(pieces, self.params, strict=True)]
-
-    def _check_vector(self, name: str, vec: Any) -> None:
-        if not isinstance(vec, Tensor) or tuple(vec.shape) != (self.dim,):
-            shape = tuple(vec.shape) if isinstance(vec, Tensor) else type(vec).__name__
-            raise ValueError(f"{name} must be a tensor of shape ({self.dim},); got {shape}.")
 
     # --- products --------------------------------------------------------------------------------
 
@@ -245,7 +244,7 @@ class HessianOperator:
         Returns:
             ``H v``, a detached ``(dim,)`` tensor in ``dtype`` on ``device``.
         """
-        self._check_vector("v", v)
+        check_vector("v", v, self.dim)
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
                 "HessianOperator.matvec cannot differentiate under torch.inference_mode() "
@@ -279,8 +278,7 @@ class HessianOperator:
     def _loss(self, forward: Callable[..., Tensor], batch: Any) -> Tensor:
         loss = self.loss_fn(forward, batch)
         if not isinstance(loss, Tensor) or loss.ndim != 0:
-            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise ValueError(f"loss_fn must return a scalar tensor; got {shape}.")
+            raise ValueError(f"loss_fn must return a scalar tensor; got {shape_of(loss)}.")
         return loss
 
     def release(self) -> None:

@@ -37,14 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_choice, check_positive_int, check_real
-from lightning_dyn.functional._counted_operator import (
-    CountedOperator,
-    Operator,
-    check_seed,
-    dot64,
-    norm64,
-)
+from lightning_dyn._checks import check_choice, check_positive_int, check_real, check_seed, shape_of
+from lightning_dyn.functional._counted_operator import CountedOperator, Operator, dot64, norm64
 from lightning_dyn.functional._lanczos_recurrence import LanczosRecurrence
 from lightning_dyn.functional._spectral_results import EigenResult, SpectralDensity, TraceResult
 
@@ -172,8 +166,7 @@ def hessian_eigenvalues(
 
 def _start_vector(v0: Any, op: CountedOperator) -> Tensor:
     if not isinstance(v0, Tensor) or v0.ndim not in (1, 2) or v0.shape[-1] != op.dim:
-        shape = tuple(v0.shape) if isinstance(v0, Tensor) else type(v0).__name__
-        raise ValueError(f"v0 must be a ({op.dim},) or (m, {op.dim}) tensor; got {shape}.")
+        raise ValueError(f"v0 must be a ({op.dim},) or (m, {op.dim}) tensor; got {shape_of(v0)}.")
     q = (v0 if v0.ndim == 1 else v0.sum(dim=0)).detach().to(op.device, op.dtype).clone()
     norm = norm64(q)
     if not math.isfinite(norm) or norm == 0.0:
@@ -247,10 +240,7 @@ def hessian_trace(
     """
     check_choice("method", method, TRACE_METHODS)
     minimum = 2 if method == "hutchinson" else 4
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < minimum:
-        raise ValueError(
-            f"samples must be an integer >= {minimum} with method={method!r}; got {samples!r}."
-        )
+    check_positive_int("samples", samples, minimum, note=f" with method={method!r}")
     check_seed(seed)
     op = CountedOperator(operator, dim, dtype, device)
     gen = torch.Generator().manual_seed(seed)

@@ -34,7 +34,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.func import grad, hessian, jacfwd, vjp, vmap
 
-from lightning_dyn._checks import check_choice, check_positive_int, check_real
+from lightning_dyn._checks import (
+    check_callable,
+    check_choice,
+    check_positive_int,
+    check_real,
+    shape_of,
+)
 
 ResidualFn = Callable[[Tensor, Any], Tensor]
 ON_FAILURE = ("warn", "raise", "ignore")
@@ -84,8 +90,7 @@ def _indices(mask: Tensor) -> str:
 
 
 def _check_inputs(residual_fn: Any, params: Any, omega0: Any) -> tuple[tuple[Tensor, ...], bool]:
-    if not callable(residual_fn):
-        raise ValueError(f"residual_fn must be callable; got {type(residual_fn).__name__}.")
+    check_callable("residual_fn", residual_fn, optional=False)
     if not isinstance(omega0, Tensor) or omega0.ndim != 2 or not omega0.is_floating_point():
         got = (
             f"a {omega0.dtype} tensor of shape {tuple(omega0.shape)}"
@@ -109,10 +114,9 @@ def _check_inputs(residual_fn: Any, params: Any, omega0: Any) -> tuple[tuple[Ten
     batch = omega0.shape[0]
     for i, p in enumerate(tensors):
         if not isinstance(p, Tensor) or p.ndim == 0 or p.shape[0] != batch:
-            got = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
             raise ValueError(
                 f"params[{i}] must be a tensor with a leading problem axis of size B={batch} "
-                f"(the size of omega0's first dimension); got {got}."
+                f"(the size of omega0's first dimension); got {shape_of(p)}."
             )
     return tensors, single
 

@@ -46,10 +46,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_dyn._checks import check_choice
+from lightning_dyn._checks import check_choice, shape_of
 
 # ``name as name``: a public name re-exported from its private sibling.
-from lightning_dyn.functional._nc_checks import check_classes, check_matrix, shape_of
+from lightning_dyn.functional._nc_checks import check_classes, check_matrix
 from lightning_dyn.functional._nc_classifier import nc3 as nc3
 from lightning_dyn.functional._nc_classifier import nc4 as nc4
 from lightning_dyn.functional._nc_classifier import nc4_mismatches as nc4_mismatches

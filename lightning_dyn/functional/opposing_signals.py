@@ -28,19 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_dyn._checks import check_positive_int
+from lightning_dyn._checks import check_int, check_positive_int, check_seed, check_vector
 
 LossFn = Callable[..., Tensor]
 GradLike = Tensor | Sequence[Tensor]
 
 DEFAULT_SKETCH_BLOCK_NUMEL = 1 << 22
 """Largest random block (elements) generated at once by ``sketch_gradient`` (16 MiB in float32)."""
-
-
-def _check_vector(name: str, value: Tensor) -> None:
-    if not isinstance(value, Tensor) or value.ndim != 1:
-        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"{name} must be a 1-D tensor; got {shape}.")
 
 
 def _check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
@@ -122,12 +116,11 @@ def top_loss_changes(before: Tensor, after: Tensor, k: int) -> tuple[Tensor, Ten
         ``(rising, falling)``: ``(k,)`` index tensors of the ``k`` largest increases of
         ``after - before``, largest first, and of the ``k`` largest decreases, largest first.
     """
-    _check_vector("before", before)
-    _check_vector("after", after)
+    check_vector("before", before)
+    check_vector("after", after)
     _check_same_shape("before", before, "after", after)
     n = before.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer in [1, {n}] (the number of examples); got {k!r}.")
+    check_int("k", k, 1, n, note=" (the number of examples)")
     delta = after - before
     rising = torch.topk(delta, k, largest=True, sorted=True).indices
     falling = torch.topk(delta, k, largest=False, sorted=True).indices
@@ -147,8 +140,8 @@ def group_losses(losses: Tensor, groups: Tensor, num_groups: int | None = None) 
         wider. An empty group gets NaN, not 0: a loss of 0 would read as a perfectly fit group,
         and NaN propagates into any statistic that uses it instead of biasing it silently.
     """
-    _check_vector("losses", losses)
-    _check_vector("groups", groups)
+    check_vector("losses", losses)
+    check_vector("groups", groups)
     _check_same_shape("losses", losses, "groups", groups)
     if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
         raise ValueError(f"groups must be an integer tensor; got dtype={groups.dtype}.")
@@ -184,8 +177,8 @@ def antiphase_correlation(a: Tensor, b: Tensor) -> Tensor:
         A 0-dim float tensor in ``[-1, 1]``; 0 when either series of changes is constant (the
         correlation is undefined there, and 0 means "no evidence" to a thresholding detector).
     """
-    _check_vector("a", a)
-    _check_vector("b", b)
+    check_vector("a", a)
+    check_vector("b", b)
     _check_same_shape("a", a, "b", b)
     if a.shape[0] < 3:
         raise ValueError(
@@ -351,8 +344,7 @@ def sketch_gradient(
     """
     check_positive_int("dim", dim)
     check_positive_int("block_numel", block_numel)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer; got {seed!r}.")
+    check_seed(seed)
     pieces = _flat_pieces("grads", grads)
     device = pieces[0].device
     if any(p.device != device for p in pieces):

@@ -11,16 +11,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_positive_int
+from lightning_dyn._checks import check_positive_int, shape_of
 from lightning_dyn.functional._kmeans_steps import distances
 from lightning_dyn.functional.clustering import kmeans
 
 
 def _check_series(series: Tensor) -> None:
     if not isinstance(series, Tensor) or series.ndim != 2 or series.shape[0] < 3:
-        shape = tuple(series.shape) if isinstance(series, Tensor) else type(series).__name__
         raise ValueError(
-            f"series must be a (T, G) tensor with T >= 3 evaluations (2 changes); got {shape}."
+            f"series must be a (T, G) tensor with T >= 3 evaluations (2 changes); got "
+            f"{shape_of(series)}."
         )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_dyn._checks import check_fraction
+from lightning_dyn._checks import check_choice, check_fraction
 
 OPTIMIZER_KINDS = ("gd", "heavy_ball", "nesterov", "adam")
 
@@ -42,8 +42,7 @@ def stability_threshold(kind: str, beta: float = 0.0) -> float:
         2 for gradient descent, 2(1+β) for heavy ball, (2+2β)/(1+2β) for Nesterov,
         (2+2β1)/(1-β1) for Adam.
     """
-    if kind not in OPTIMIZER_KINDS:
-        raise ValueError(f"kind={kind!r} is not supported; choose one of: {OPTIMIZER_KINDS}.")
+    check_choice("kind", kind, OPTIMIZER_KINDS)
     check_fraction("beta", beta, open_high=True)
     if kind == "gd":
         return 2.0

@@ -18,6 +18,7 @@ import torch
 import torchmetrics
 from torch import Tensor
 
+from lightning_dyn._checks import shape_of
 from lightning_dyn.functional import nc4_mismatches
 
 
@@ -42,8 +43,9 @@ class NC4Mismatches(torchmetrics.Metric):
     def __init__(self, means: Tensor) -> None:
         super().__init__()
         if not isinstance(means, Tensor) or means.ndim != 2 or 0 in means.shape:
-            shape = tuple(means.shape) if isinstance(means, Tensor) else type(means).__name__
-            raise ValueError(f"means must be a (K, D) tensor of class means; got {shape}.")
+            raise ValueError(
+                f"means must be a (K, D) tensor of class means; got {shape_of(means)}."
+            )
         self.register_buffer("means", means.detach().double().clone(), persistent=False)
         i64 = torch.int64
         self.add_state("mismatches", torch.zeros((), dtype=i64), dist_reduce_fx="sum")

@@ -9,9 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-
-def _shape(value: Any) -> Any:
-    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+from lightning_dyn._checks import shape_of
 
 
 def check_basis(basis: Any) -> None:
@@ -19,7 +17,7 @@ def check_basis(basis: Any) -> None:
     if not isinstance(basis, Tensor) or basis.ndim != 3 or not basis.is_floating_point():
         raise ValueError(
             f"basis must be a floating (B, P, N) tensor of N basis functions on P grid points; "
-            f"got {_shape(basis)}"
+            f"got {shape_of(basis)}"
             + (f" ({basis.dtype})" if isinstance(basis, Tensor) else "")
             + "."
         )
@@ -39,6 +37,6 @@ def check_data(constraint_data: Any, batch: int) -> tuple[Tensor, ...]:
         if not isinstance(d, Tensor) or d.ndim == 0 or d.shape[0] != batch:
             raise ValueError(
                 f"constraint_data[{i}] must be a tensor with leading dimension B={batch} (the "
-                f"batch size of basis); got {_shape(d)}."
+                f"batch size of basis); got {shape_of(d)}."
             )
     return data

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_dyn._checks import check_real
 from lightning_dyn.functional.face_jumps import EXTRAPOLATION, SLOPE
 from lightning_dyn.functional.least_squares import LeastSquaresResult, solve_least_squares
 
@@ -133,22 +134,13 @@ def interface_kind(
             f"{interface_rows!r}."
         )
     kind = {False: None, True: "value"}.get(interface_rows, interface_rows)  # type: ignore[call-overload]
-    if slope_weight is not None:
-        if (
-            isinstance(slope_weight, bool)
-            or not isinstance(slope_weight, int | float)
-            or not (slope_weight > 0 and slope_weight < float("inf"))
-        ):
-            raise ValueError(
-                f"interface_slope_weight must be None or a finite real number > 0; got "
-                f"{slope_weight!r}."
-            )
-        if kind != "c1":
-            raise ValueError(
-                f"interface_slope_weight={slope_weight!r} weighs the slope rows of "
-                f"interface_rows='c1', but interface_rows={interface_rows!r}. Pass "
-                "interface_rows='c1', or leave interface_slope_weight=None."
-            )
+    check_real("interface_slope_weight", slope_weight, strictly_positive=True, optional=True)
+    if slope_weight is not None and kind != "c1":
+        raise ValueError(
+            f"interface_slope_weight={slope_weight!r} weighs the slope rows of "
+            f"interface_rows='c1', but interface_rows={interface_rows!r}. Pass "
+            "interface_rows='c1', or leave interface_slope_weight=None."
+        )
     if kind == "c1" and overlap != 0:
         raise ValueError(
             f"interface_rows='c1' matches each expert's one-sided value and slope at the face, "

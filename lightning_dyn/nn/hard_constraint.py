@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_dyn._checks import check_choice, check_positive_int, check_real
+from lightning_dyn._checks import check_callable, check_choice, check_positive_int, check_real
 from lightning_dyn.functional.least_squares import (
     ON_FAILURE,
     LeastSquaresResult,
@@ -69,8 +69,7 @@ class HardConstraintLayer(nn.Module):
         on_failure: str = "warn",
     ) -> None:
         super().__init__()
-        if not callable(residual_fn):
-            raise ValueError(f"residual_fn must be callable; got {type(residual_fn).__name__}.")
+        check_callable("residual_fn", residual_fn, optional=False)
         check_real("ridge", ridge)
         check_positive_int("max_iter", max_iter)
         check_real("tol", tol)

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_dyn._checks import (
+    check_ints,
     check_partition,
     check_periodic,
     check_positive_int,
@@ -210,11 +211,7 @@ class HardConstraintMoE(nn.Module):
         self.expert_parallel = expert_parallel
         self.layer = HardConstraintLayer(residual_fn, ridge, max_iter, tol, on_failure)
         check_positive_int("experts", experts)
-        grid = tuple(grid_shape) if isinstance(grid_shape, Sequence) else None
-        if not grid or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in grid):
-            raise ValueError(
-                f"grid_shape must be a non-empty tuple of ints >= 1; got {grid_shape!r}."
-            )
+        grid = check_ints("grid_shape", grid_shape, 1, nonempty=True)
         parts = check_partition(partition, grid)
         if math.prod(parts) != experts:
             raise ValueError(
@@ -234,18 +231,12 @@ class HardConstraintMoE(nn.Module):
                     f"overlap={overlap} is more than half the {n // m}-point blocks along axis "
                     f"{axis}; use overlap <= {(n // m) // 2}."
                 )
-        if shared_rows is not None and (
-            not isinstance(shared_rows, Sequence)
-            or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in shared_rows)
-        ):
-            raise ValueError(
-                f"shared_rows must be None or a sequence of indices >= 0; got {shared_rows!r}."
-            )
+        shared = check_ints("shared_rows", shared_rows, 0, optional=True)
         self.experts = experts
         self.partition = parts
         self.grid_shape = grid
         self.overlap = overlap
-        self.shared_rows = None if shared_rows is None else tuple(shared_rows)
+        self.shared_rows = shared
         self._build_blocks()
         self.periodic = check_periodic(periodic, grid)
         self._pairs = interface_pairs(grid, parts, overlap, self.periodic)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_dyn._checks import check_choice, check_positive_int
+from lightning_dyn._checks import check_choice, check_int, check_positive_int
 from lightning_dyn.functional.stablemax import (
     REDUCTIONS,
     Reduction,
@@ -21,11 +21,6 @@ from lightning_dyn.functional.stablemax import (
 
 # The floating dtypes ``log_softmax`` supports on CPU and CUDA, widest first.
 LOSS_DTYPES: tuple[torch.dtype, ...] = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-
-
-def _check_ignore_index(ignore_index: object) -> None:
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ValueError(f"ignore_index must be an int (a class index); got {ignore_index!r}.")
 
 
 class StableMaxCrossEntropyLoss(nn.Module):
@@ -62,7 +57,7 @@ class StableMaxCrossEntropyLoss(nn.Module):
     ) -> None:
         super().__init__()
         check_choice("reduction", reduction, REDUCTIONS)
-        _check_ignore_index(ignore_index)
+        check_int("ignore_index", ignore_index, note=" (a class index)")
         check_choice("dtype", dtype, LOSS_DTYPES)
         self.reduction = reduction
         self.ignore_index = ignore_index

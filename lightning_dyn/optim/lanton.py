@@ -33,6 +33,7 @@ from torch.distributed.tensor import DTensor
 from lightning_dyn._checks import (
     check_bool,
     check_choice,
+    check_float_dtype,
     check_fraction,
     check_positive_int,
     check_real,
@@ -80,11 +81,7 @@ def _check_hyperparameters(values: Mapping[str, Any], where: str = "") -> None:
     for i, beta in enumerate(betas):
         check_fraction(f"{where}betas[{i}]", beta, open_high=True)
     dtype = values["ns_dtype"]
-    if not (dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point)):
-        raise ValueError(
-            f"{where}ns_dtype must be a floating torch dtype (e.g. torch.bfloat16) or None; "
-            f"got {dtype!r}."
-        )
+    check_float_dtype(where + "ns_dtype", dtype, optional=True, hint=" (e.g. torch.bfloat16)")
     try:
         resolve_coefficients(values["ns_coefficients"])
     except (TypeError, ValueError):

@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from lightning_dyn._checks import check_positive_int, check_real, check_seed
+
 __all__ = [
     "DIFFUSION_SORPTION_DEFAULTS",
     "burgers_grid",
@@ -51,23 +53,11 @@ def _as_f64(u: torch.Tensor, name: str) -> torch.Tensor:
     return u.to(torch.float64)
 
 
-def _check_positive(value: float, name: str, *, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and ok):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}.")
-
-
-def _check_count(value: int, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
-
-
 def burgers_grid(n_x: int, t_final: float, n_t: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``(x, t)`` grids used by :func:`solve_burgers`: ``x_j = j / n_x``, ``t`` inclusive."""
-    _check_count(n_x, "n_x", 3)
-    _check_count(n_t, "n_t", 2)
-    _check_positive(t_final, "t_final")
+    check_positive_int("n_x", n_x, minimum=3)
+    check_positive_int("n_t", n_t, minimum=2)
+    check_real("t_final", t_final, strictly_positive=True)
     x = torch.arange(n_x, dtype=torch.float64) / n_x
     return x, torch.linspace(0.0, t_final, n_t, dtype=torch.float64)
 
@@ -129,10 +119,10 @@ def solve_burgers(
             ``nu``, ``dx = 1 / X`` and ``max |u0|`` (see :func:`rk4_stability_margin`).
     """
     u = _as_f64(u0, "u0")
-    _check_positive(nu, "nu")
-    _check_positive(t_final, "t_final")
-    _check_count(n_t, "n_t", 2)
-    _check_count(substeps, "substeps", 1)
+    check_real("nu", nu, strictly_positive=True)
+    check_real("t_final", t_final, strictly_positive=True)
+    check_positive_int("n_t", n_t, minimum=2)
+    check_positive_int("substeps", substeps)
     n_x = u.shape[1]
     dx = 1.0 / n_x
     dt = t_final / ((n_t - 1) * substeps)
@@ -172,14 +162,13 @@ def random_sine_ics(
     Returns:
         float64 tensor ``(batch, n_x)``.
     """
-    _check_count(batch, "batch", 1)
-    _check_count(n_x, "n_x", 3)
-    _check_count(n_modes, "n_modes", 1)
+    check_positive_int("batch", batch)
+    check_positive_int("n_x", n_x, minimum=3)
+    check_positive_int("n_modes", n_modes)
     if 2 * n_modes >= n_x:
         raise ValueError(f"n_modes must be < n_x / 2 (Nyquist); got n_modes={n_modes}, n_x={n_x}.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int; got {seed!r}.")
-    _check_positive(amplitude, "amplitude")
+    check_seed(seed)
+    check_real("amplitude", amplitude, strictly_positive=True)
     gen = torch.Generator().manual_seed(seed)
     k = torch.arange(1, n_modes + 1, dtype=torch.float64)
     coef = (2.0 * torch.rand(batch, n_modes, generator=gen, dtype=torch.float64) - 1.0) / k
@@ -263,15 +252,15 @@ def solve_diffusion_sorption(
     from scipy.integrate import solve_ivp
 
     u = _as_f64(u0, "u0")
-    _check_positive(t_final, "t_final")
-    _check_count(n_t, "n_t", 2)
-    _check_positive(rtol, "rtol")
-    _check_positive(atol, "atol")
+    check_real("t_final", t_final, strictly_positive=True)
+    check_positive_int("n_t", n_t, minimum=2)
+    check_real("rtol", rtol, strictly_positive=True)
+    check_real("atol", atol, strictly_positive=True)
     unknown = set(params) - set(DIFFUSION_SORPTION_DEFAULTS)
     if unknown:
         raise ValueError(f"params has unknown names {sorted(unknown)}.")
     for name, value in params.items():
-        _check_positive(value, name)
+        check_real(name, value, strictly_positive=True)
     n_x = u.shape[1]
     t_eval = np.linspace(0.0, t_final, n_t)
     # Tridiagonal: each cell sees its neighbours (the Cauchy ghost couples X-1 to X-2 only).

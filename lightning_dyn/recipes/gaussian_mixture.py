@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_dyn._checks import check_positive_int
+from lightning_dyn._checks import check_bool, check_positive_int, check_real
 from lightning_dyn.optim.factory import OptimizerFactory
 from lightning_dyn.recipes._classifier import ClassifierRecipeModule
 from lightning_dyn.recipes._data import (
@@ -52,8 +52,7 @@ class GaussianMixtureDataModule(TensorDataModule):
         check_positive_int("num_classes", num_classes, minimum=2)
         check_positive_int("input_dim", input_dim)
         check_positive_int("per_class", per_class, minimum=4)
-        if not (isinstance(noise, int | float) and noise >= 0):
-            raise ValueError(f"noise must be a number >= 0; got {noise!r}.")
+        check_real("noise", noise)
         if batch_size is not None:
             check_positive_int("batch_size", batch_size)
         self.save_hyperparameters()
@@ -128,8 +127,7 @@ class GaussianMixtureModule(ClassifierRecipeModule):
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__(num_classes)
-        if not isinstance(batch_norm, bool):
-            raise ValueError(f"batch_norm must be True or False; got {batch_norm!r}.")
+        check_bool("batch_norm", batch_norm)
         for name, value in (("width", width), ("depth", depth)):
             check_positive_int(name, value)
         self.save_hyperparameters(ignore=["optimizer"])

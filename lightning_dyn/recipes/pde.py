@@ -52,7 +52,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_dyn._checks import check_choice, check_positive_int, check_real
+from lightning_dyn._checks import check_bool, check_choice, check_positive_int, check_real
 from lightning_dyn.functional.face_jumps import block_faces, face_jumps
 from lightning_dyn.loggers import log_figure
 from lightning_dyn.nn.hard_constraint import HardConstraintLayer
@@ -180,8 +180,7 @@ class PDEModule(pl.LightningModule):
         check_positive_int("width", width)
         check_positive_int("lm_iterations", lm_iterations)
         check_real("ridge", ridge)
-        if not isinstance(figure, bool):
-            raise ValueError(f"figure must be True or False; got {figure!r}.")
+        check_bool("figure", figure)
         parts = tuple(partition) if isinstance(partition, Sequence) else partition
         if not isinstance(parts, tuple) or len(parts) != 2:
             raise ValueError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_dyn._checks import check_positive_int
+from lightning_dyn._checks import check_positive_int, check_seed
 from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     TensorDataModule,
@@ -53,8 +53,7 @@ class PDEDataModule(TensorDataModule):
         check_positive_int("n_modes", n_modes)
         if 2 * n_modes >= n_x:
             raise ValueError(f"n_modes must be < n_x / 2; got n_modes={n_modes}, n_x={n_x}.")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int; got {seed!r}.")
+        check_seed(seed)
         check_positive_int("batch_size", batch_size)
         self.save_hyperparameters()
         self.problem = make_problem(problem, nu, t_final)
