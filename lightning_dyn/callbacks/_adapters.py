@@ -10,7 +10,7 @@ it does not hold, say which argument to pass instead of failing deep inside torc
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch.nn.functional as F
@@ -159,5 +159,6 @@ class LossOfFirstInput:
         return f"LossOfFirstInput({self.name!r})"
 
 
-NAMED_LOSSES: tuple[str, ...] = ("cross_entropy", "square")
+NamedLoss = Literal["cross_entropy", "square"]
+NAMED_LOSSES: tuple[str, ...] = get_args(NamedLoss)
 """The names :class:`LossOfFirstInput` accepts."""

@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lightning_dyn._checks import check_bool, check_positive_int
 from lightning_dyn.callbacks._intervals import due_at_step, warn_unless_multiple
@@ -41,6 +42,7 @@ class LayerwiseLRMonitor(pl.Callback):
         self.history: list[list[float]] = []
         self._last_step = -1
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         warn_unless_multiple("LayerwiseLRMonitor", self.every_n_steps, trainer)
         if not any(hasattr(opt, "effective_lrs") for opt in trainer.optimizers):
@@ -50,6 +52,7 @@ class LayerwiseLRMonitor(pl.Callback):
                 f"lightning_dyn.optim.LANTON) among {found}; it will log nothing."
             )
 
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any):
         step = trainer.global_step
         if not due_at_step(step, self._last_step, self.every_n_steps):
@@ -78,6 +81,7 @@ class LayerwiseLRMonitor(pl.Callback):
         if len(self.steps) > self.max_history:
             self.steps, self.history = self.steps[::2], self.history[::2]
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (self.heatmap and self.history and trainer.is_global_zero):
             return
@@ -95,6 +99,7 @@ class LayerwiseLRMonitor(pl.Callback):
         figure.colorbar(image, ax=axis, label="log10 effective lr")
         log_figure(trainer, "layerwise_lr/heatmap", figure)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
@@ -103,6 +108,7 @@ class LayerwiseLRMonitor(pl.Callback):
             "last_step": self._last_step,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.steps, self.names = list(state_dict["steps"]), list(state_dict["names"])
         self.history = [list(row) for row in state_dict["history"]]

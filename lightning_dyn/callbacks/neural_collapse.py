@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_dyn._checks import check_bool, check_callable, check_choice, check_positive_int
 from lightning_dyn.callbacks._adapters import (
     LOGITS_FN_SIGNATURE,
     ForwardFirstInput,
     LogitsFn,
+    NamedLoss,
     classes_last,
 )
 from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
@@ -22,6 +24,7 @@ from lightning_dyn.callbacks._measurement import probe_pass, training_batch, who
 from lightning_dyn.callbacks._probe import batch_length, unpadded_length
 from lightning_dyn.functional.neural_collapse import (
     NC_TARGETS,
+    Target,
     class_means,
     global_mean,
     nc4,
@@ -31,8 +34,10 @@ from lightning_dyn.functional.neural_collapse import (
 from lightning_dyn.loggers import log_figure
 from lightning_dyn.metrics import NC4Mismatches, NeuralCollapseStatistics
 
-DATALOADERS = ("train", "val")
-NC4_MODES = ("second_pass", "lagged", "off")
+Dataloader = Literal["train", "val"]
+NC4Mode = Literal["second_pass", "lagged", "off"]
+DATALOADERS: tuple[str, ...] = get_args(Dataloader)
+NC4_MODES: tuple[str, ...] = get_args(NC4Mode)
 GEOMETRIES = ("auto", *NC_TARGETS)
 NC_METRICS = ("nc1", "nc1_trace_ratio", "cdnv", "nc3", "nc4", "gram_distance")
 
@@ -89,12 +94,12 @@ class NeuralCollapseMonitor(pl.Callback):
         self,
         feature_module: str | None = None,
         classifier: str | None = None,
-        dataloader: str = "train",
+        dataloader: Dataloader = "train",
         every_n_epochs: int = 1,
         max_batches: int | None = None,
-        geometry: str = "auto",
-        nc4: str = "second_pass",
-        loss: str = "cross_entropy",
+        geometry: Literal["auto"] | Target = "auto",
+        nc4: NC4Mode = "second_pass",
+        loss: NamedLoss = "cross_entropy",
         logits_fn: LogitsFn | None = None,
         figure: bool = True,
     ) -> None:
@@ -119,11 +124,13 @@ class NeuralCollapseMonitor(pl.Callback):
         self._guard = DivergenceGuard(type(self).__name__)
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(dataloader=self.dataloader, nc4=self.nc4)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         name = self.classifier or last_linear_name(pl_module)
         modules = dict(pl_module.named_modules())
@@ -141,9 +148,11 @@ class NeuralCollapseMonitor(pl.Callback):
         else:
             self._capture.attach(pl_module, self.feature_module, of_input=False)
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._capture.detach()
 
+    @override
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
@@ -158,6 +167,7 @@ class NeuralCollapseMonitor(pl.Callback):
         if batch_idx + 1 == trainer.num_training_batches:
             self._maybe_measure(trainer, pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A loader of unknown length (an iterable dataset) has no known last batch.
         if math.isinf(trainer.num_training_batches):
@@ -293,6 +303,7 @@ class NeuralCollapseMonitor(pl.Callback):
 
     # --- checkpoints ----------------------------------------------------------------------------
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "measurements": self._measurements,
@@ -301,6 +312,7 @@ class NeuralCollapseMonitor(pl.Callback):
             **self._guard.state_dict(),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._measurements = state_dict["measurements"]
         self._previous_means = state_dict["previous_means"]

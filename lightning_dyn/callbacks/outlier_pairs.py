@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from lightning_dyn._checks import check_callable, check_positive_int
 from lightning_dyn.callbacks._adapters import (
@@ -211,11 +212,13 @@ class OutlierPairDetector(pl.Callback):
         self._guard = DivergenceGuard(type(self).__name__)
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(every_n_steps=self.every_n_steps, window=self.window)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A new fit may bring new data: draw the probe and read its targets again.
         self._probe, self._targets, self._targets_read = None, None, False
@@ -230,13 +233,16 @@ class OutlierPairDetector(pl.Callback):
             )
         self._capture.attach(pl_module, name, of_input=self.feature_module is None)
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Drawn here, where the training loader exists: a probe that cannot work fails at once.
         self._probe = self._draw_probe(trainer, pl_module)
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._capture.detach()
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
@@ -437,6 +443,7 @@ class OutlierPairDetector(pl.Callback):
             f"{largest.names[1]} ({largest.sizes[1]}), active at {largest.persistence} searches",
         }
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "losses": None if self._losses is None else self._losses.clone(),
@@ -450,6 +457,7 @@ class OutlierPairDetector(pl.Callback):
             **self._guard.state_dict(),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._losses = state_dict["losses"]
         self._steps = state_dict["steps"]

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from typing_extensions import override
 
 from lightning_dyn._checks import (
     check_bool,
@@ -21,6 +22,7 @@ from lightning_dyn.callbacks._intervals import warn_unless_multiple
 from lightning_dyn.functional.perp_grad import (
     DEFAULT_EPS,
     PERP_GRAD_MODES,
+    PerpGradMode,
     nlm_cosines,
     perp_grad_,
 )
@@ -59,7 +61,7 @@ class PerpGrad(pl.Callback):
 
     def __init__(
         self,
-        mode: str = "per_tensor",
+        mode: PerpGradMode = "per_tensor",
         rescale: bool = True,
         param_filter: ParamFilter | None = None,
         log_every_n_steps: int | None = None,
@@ -77,9 +79,11 @@ class PerpGrad(pl.Callback):
         self._names: dict[int, str] = {}
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(mode=self.mode, rescale=self.rescale)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Here, not in setup: configure_model (FSDP's fully_shard) may replace the parameters.
         self._names = {id(p): name for name, p in pl_module.named_parameters()}
@@ -138,6 +142,7 @@ class PerpGrad(pl.Callback):
             return False
         return not bool(torch.stack([p.grad.isfinite().all() for p in params]).all())
 
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -153,10 +158,12 @@ class PerpGrad(pl.Callback):
                 pl_module.log(f"perp_grad/cos_w_g/{name}", cosine, on_step=True, on_epoch=False)
         perp_grad_(params, mode=self.mode, rescale=self.rescale, eps=self.eps)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         # No state beyond the settings; saved (non-empty) so a resume can check them.
         return {"mode": self.mode, "rescale": self.rescale}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = (state_dict.get("mode"), state_dict.get("rescale"))
         if saved != (self.mode, self.rescale):

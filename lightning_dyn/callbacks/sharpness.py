@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from lightning_dyn._checks import check_bool, check_callable, check_choice, check_positive_int
-from lightning_dyn.callbacks._adapters import NAMED_LOSSES, HessianLossFn, LossOfFirstInput
+from lightning_dyn.callbacks._adapters import (
+    NAMED_LOSSES,
+    HessianLossFn,
+    LossOfFirstInput,
+    NamedLoss,
+)
 from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
 from lightning_dyn.callbacks._intervals import due_at_step
 from lightning_dyn.callbacks._measurement import (
@@ -32,7 +38,8 @@ from lightning_dyn.functional.lanczos import (
 )
 from lightning_dyn.loggers import log_figure
 
-HVP_METHODS = ("double_backward", "forward_over_reverse", "finite_difference")
+SharpnessMethod = Literal["double_backward", "forward_over_reverse", "finite_difference"]
+HVP_METHODS: tuple[str, ...] = get_args(SharpnessMethod)
 
 
 class SharpnessMonitor(pl.Callback):
@@ -119,10 +126,10 @@ class SharpnessMonitor(pl.Callback):
         trace_samples: int = 0,
         density_steps: int = 0,
         density_vectors: int = 4,
-        method: str = "double_backward",
+        method: SharpnessMethod = "double_backward",
         keep_graph: bool = True,
         warm_start: bool = True,
-        loss_fn: HessianLossFn | str = "cross_entropy",
+        loss_fn: HessianLossFn | NamedLoss = "cross_entropy",
         batch_size: int = 1024,
         seed: int = 0,
     ) -> None:
@@ -166,9 +173,11 @@ class SharpnessMonitor(pl.Callback):
         self._guard = DivergenceGuard(type(self).__name__)
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(every_n_steps=self.every_n_steps, n_eigs=self.n_eigs)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._probe = None  # a new fit may bring new data
         self._guard.start_fit()
@@ -180,10 +189,12 @@ class SharpnessMonitor(pl.Callback):
                 "gradients)."
             )
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Drawn here, where the training loader exists: a probe that cannot work fails at once.
         self._probe = build_probe(trainer, self.probe_spec, self.probe_size, self.seed)
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
@@ -372,9 +383,11 @@ class SharpnessMonitor(pl.Callback):
 
     # --- checkpoints ----------------------------------------------------------------------------
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"last_step": self._last_step, "warm": dict(self._warm), **self._guard.state_dict()}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = state_dict["last_step"]
         self._warm = dict(state_dict["warm"])

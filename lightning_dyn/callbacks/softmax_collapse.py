@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor
+from typing_extensions import override
 
 from lightning_dyn._checks import (
     check_callable,
@@ -30,6 +31,7 @@ from lightning_dyn.functional.classification_losses import classification_loss
 from lightning_dyn.functional.perp_grad import nlm_cosines
 from lightning_dyn.functional.softmax_collapse import (
     COLLAPSE_LOSSES,
+    CollapseLoss,
     softmax_collapse_fraction,
     zero_loss_fraction,
 )
@@ -81,7 +83,7 @@ class SoftmaxCollapseMonitor(pl.Callback):
         every_n_steps: int = 10,
         probe_size: int = 8192,
         dtype: torch.dtype | str | None = None,
-        loss: str = "softmax",
+        loss: CollapseLoss = "softmax",
         logits_fn: LogitsFn | None = None,
     ) -> None:
         check_positive_int("every_n_steps", every_n_steps)
@@ -99,14 +101,17 @@ class SoftmaxCollapseMonitor(pl.Callback):
         self._guard = DivergenceGuard(type(self).__name__)
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(every_n_steps=self.every_n_steps, loss=self.loss)
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Drawn here, where the training loader exists: a probe that cannot work fails at once.
         self._probe = build_probe(trainer, None, self.probe_size, 0, first=True)
         self._guard.start_fit()
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
@@ -172,9 +177,11 @@ class SoftmaxCollapseMonitor(pl.Callback):
             metrics[f"cos_w_g/{name}"] = cosine
         return metrics
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"last_step": self._last_step, **self._guard.state_dict()}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = state_dict["last_step"]
         self._guard.load_state_dict(state_dict)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lightning_dyn._checks import check_choice, check_real
 
@@ -26,7 +27,12 @@ class ThresholdCrossing(pl.Callback):
         mode: ``"max"`` means crossing upwards (``value > threshold``), ``"min"`` downwards.
     """
 
-    def __init__(self, monitor: str = "test/acc", threshold: float = 0.99, mode: str = "max"):
+    def __init__(
+        self,
+        monitor: str = "test/acc",
+        threshold: float = 0.99,
+        mode: Literal["max", "min"] = "max",
+    ):
         check_choice("mode", mode, ("max", "min"))
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(
@@ -39,6 +45,7 @@ class ThresholdCrossing(pl.Callback):
         self._seen_monitor = False
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(
             monitor=self.monitor, threshold=self.threshold, mode=self.mode
@@ -64,12 +71,15 @@ class ThresholdCrossing(pl.Callback):
                 step=trainer.global_step,
             )
 
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         self._check(trainer)
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check(trainer)
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._seen_monitor and self.crossed_at_step is None:
             available = sorted(trainer.callback_metrics)
@@ -78,6 +88,7 @@ class ThresholdCrossing(pl.Callback):
                 f"logged metrics are: {available}."
             )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         # Never empty: Lightning drops empty callback states from checkpoints.
         return {
@@ -86,6 +97,7 @@ class ThresholdCrossing(pl.Callback):
             "seen_monitor": self._seen_monitor,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.crossed_at_step = state_dict["crossed_at_step"]
         self.value_at_crossing = state_dict["value_at_crossing"]

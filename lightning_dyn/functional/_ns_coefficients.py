@@ -4,9 +4,12 @@ optimizer is built)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from lightning_dyn._checks import check_choice
 
 NSCoefficients = tuple[float, float, float]
+NSPreset = Literal["cubic", "muon"]
 
 NS_COEFFICIENTS: dict[str, NSCoefficients] = {
     "cubic": (1.5, -0.5, 0.0),
@@ -33,7 +36,7 @@ tends to a multiple of the polar factor ``UVᵀ``.
 """
 
 
-def resolve_coefficients(coefficients: str | NSCoefficients) -> NSCoefficients:
+def resolve_coefficients(coefficients: NSPreset | NSCoefficients) -> NSCoefficients:
     """Look up a preset of :data:`NS_COEFFICIENTS`, or check a user's ``(a, b, c)``."""
     if isinstance(coefficients, str):
         check_choice("coefficients", coefficients, NS_COEFFICIENTS)

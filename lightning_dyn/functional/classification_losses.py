@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,8 @@ from lightning_dyn.functional.stablemax import stablemax_cross_entropy
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+ClassificationLoss = Literal["softmax", "stablemax"]
+
 CLASSIFICATION_LOSSES: dict[str, LossFn] = {
     "softmax": F.cross_entropy,
     # Computed in float64 whatever the logits' dtype, as the official loss.
@@ -19,7 +22,7 @@ CLASSIFICATION_LOSSES: dict[str, LossFn] = {
 }
 
 
-def classification_loss(name: str) -> LossFn:
+def classification_loss(name: ClassificationLoss) -> LossFn:
     """The loss registered under ``name`` in :data:`CLASSIFICATION_LOSSES`."""
     check_choice("loss", name, CLASSIFICATION_LOSSES)
     return CLASSIFICATION_LOSSES[name]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +46,8 @@ from lightning_dyn._checks import (
 )
 from lightning_dyn.functional._autocast import autocast_off
 
-HVP_METHODS: tuple[str, ...] = ("double_backward", "forward_over_reverse")
+HVPMethod = Literal["double_backward", "forward_over_reverse"]
+HVP_METHODS: tuple[str, ...] = get_args(HVPMethod)
 
 LossFn = Callable[[Callable[..., Tensor], Any], Tensor]
 
@@ -144,7 +145,7 @@ class HessianOperator:
         loss_fn: LossFn,
         batches: Iterable[Any],
         params: Iterable[Tensor] | None = None,
-        method: str = "double_backward",
+        method: HVPMethod = "double_backward",
         dtype: torch.dtype = torch.float32,
         keep_graph: bool = False,
     ) -> None:

@@ -32,7 +32,7 @@ is in ``_counted_operator`` and the result types in ``_spectral_results``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -42,9 +42,12 @@ from lightning_dyn.functional._counted_operator import CountedOperator, Operator
 from lightning_dyn.functional._lanczos_recurrence import LanczosRecurrence
 from lightning_dyn.functional._spectral_results import EigenResult, SpectralDensity, TraceResult
 
-EIGEN_WHICH: tuple[str, ...] = ("largest", "smallest", "both")
-REORTHOGONALIZE: tuple[str, ...] = ("full", "partial")
-TRACE_METHODS: tuple[str, ...] = ("hutchinson", "hutch++")
+EigenWhich = Literal["largest", "smallest", "both"]
+Reorthogonalize = Literal["full", "partial"]
+TraceMethod = Literal["hutchinson", "hutch++"]
+EIGEN_WHICH: tuple[str, ...] = get_args(EigenWhich)
+REORTHOGONALIZE: tuple[str, ...] = get_args(Reorthogonalize)
+TRACE_METHODS: tuple[str, ...] = get_args(TraceMethod)
 
 
 # --- eigenvalues --------------------------------------------------------------------------------
@@ -53,11 +56,11 @@ TRACE_METHODS: tuple[str, ...] = ("hutchinson", "hutch++")
 def hessian_eigenvalues(
     operator: Operator,
     k: int = 1,
-    which: str = "largest",
+    which: EigenWhich = "largest",
     tol: float = 1e-3,
     max_iter: int | None = None,
     v0: Tensor | None = None,
-    reorthogonalize: str = "full",
+    reorthogonalize: Reorthogonalize = "full",
     seed: int = 0,
     dim: int | None = None,
     *,
@@ -192,7 +195,7 @@ def _wanted(theta: Tensor, k: int, which: str) -> Tensor:
 def hessian_trace(
     operator: Operator,
     samples: int = 100,
-    method: str = "hutchinson",
+    method: TraceMethod = "hutchinson",
     seed: int = 0,
     dim: int | None = None,
     *,

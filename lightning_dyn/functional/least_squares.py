@@ -27,7 +27,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -43,7 +43,8 @@ from lightning_dyn._checks import (
 )
 
 ResidualFn = Callable[[Tensor, Any], Tensor]
-ON_FAILURE = ("warn", "raise", "ignore")
+OnFailure = Literal["warn", "raise", "ignore"]
+ON_FAILURE: tuple[str, ...] = get_args(OnFailure)
 
 _DAMPING_MIN = 1e-300
 _DAMPING_MAX = 1e300
@@ -333,7 +334,7 @@ def solve_least_squares(
     tol: float = 1e-10,
     damping: float = 1e-3,
     polish_steps: int = 2,
-    on_failure: str = "warn",
+    on_failure: OnFailure = "warn",
 ) -> LeastSquaresResult:
     """Solve ``B`` problems ``ω*_b = argmin_ω ½‖r(ω, θ_b)‖²``, differentiably in ``θ``.
 

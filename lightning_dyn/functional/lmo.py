@@ -34,6 +34,7 @@ from torch import Tensor
 from lightning_dyn._checks import check_choice, check_positive_int
 from lightning_dyn.functional._ns_coefficients import NS_COEFFICIENTS as NS_COEFFICIENTS
 from lightning_dyn.functional._ns_coefficients import NSCoefficients as NSCoefficients
+from lightning_dyn.functional._ns_coefficients import NSPreset as NSPreset
 from lightning_dyn.functional._ns_coefficients import resolve_coefficients
 
 SpectralScale = Literal["rms_to_rms", "muon", "none"]
@@ -63,7 +64,7 @@ def _work_dtype(g: Tensor) -> torch.dtype:
 def newton_schulz(
     g: Tensor,
     steps: int = 5,
-    coefficients: str | NSCoefficients = "muon",
+    coefficients: NSPreset | NSCoefficients = "muon",
     eps: float = 1e-7,
     dtype: torch.dtype | None = torch.bfloat16,
 ) -> Tensor:
@@ -151,7 +152,7 @@ def spectral_scale(shape: tuple[int, ...], scale: SpectralScale = "rms_to_rms") 
 def spectral_lmo(
     g: Tensor,
     steps: int = 5,
-    coefficients: str | NSCoefficients = "muon",
+    coefficients: NSPreset | NSCoefficients = "muon",
     eps: float = 1e-7,
     dtype: torch.dtype | None = torch.bfloat16,
     scale: SpectralScale = "rms_to_rms",
@@ -274,7 +275,7 @@ def nuclear_norm(g: Tensor) -> Tensor:
 def nuclear_norm_estimate(
     g: Tensor,
     steps: int = 5,
-    coefficients: str | NSCoefficients = "muon",
+    coefficients: NSPreset | NSCoefficients = "muon",
     eps: float = 1e-7,
     dtype: torch.dtype | None = torch.bfloat16,
 ) -> Tensor:
@@ -312,7 +313,7 @@ def spectral_dual_norm(
     g: Tensor,
     exact: bool = True,
     steps: int = 5,
-    coefficients: str | NSCoefficients = "muon",
+    coefficients: NSPreset | NSCoefficients = "muon",
     eps: float = 1e-7,
     dtype: torch.dtype | None = torch.bfloat16,
 ) -> Tensor:

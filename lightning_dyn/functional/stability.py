@@ -23,15 +23,18 @@ below and just above the threshold, and Adam's update rebuilt from ``adam_precon
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_choice, check_fraction
 
-OPTIMIZER_KINDS = ("gd", "heavy_ball", "nesterov", "adam")
+OptimizerKind = Literal["gd", "heavy_ball", "nesterov", "adam"]
+OPTIMIZER_KINDS: tuple[str, ...] = get_args(OptimizerKind)
 
 
-def stability_threshold(kind: str, beta: float = 0.0) -> float:
+def stability_threshold(kind: OptimizerKind, beta: float = 0.0) -> float:
     """Dimensionless threshold on ``λ_max(D^{1/2} H D^{1/2})`` for an optimiser.
 
     Args:

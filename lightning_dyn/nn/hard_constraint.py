@@ -28,6 +28,7 @@ from lightning_dyn._checks import check_callable, check_choice, check_positive_i
 from lightning_dyn.functional.least_squares import (
     ON_FAILURE,
     LeastSquaresResult,
+    OnFailure,
     solve_least_squares,
 )
 from lightning_dyn.nn._constraint_inputs import check_basis, check_data
@@ -66,7 +67,7 @@ class HardConstraintLayer(nn.Module):
         ridge: float = 1e-4,
         max_iter: int = 50,
         tol: float = 1e-10,
-        on_failure: str = "warn",
+        on_failure: OnFailure = "warn",
     ) -> None:
         super().__init__()
         check_callable("residual_fn", residual_fn, optional=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,7 @@ from lightning_dyn._checks import (
 from lightning_dyn.functional.face_jumps import block_faces
 from lightning_dyn.functional.least_squares import (
     LeastSquaresResult,
+    OnFailure,
     solve_least_squares,
 )
 from lightning_dyn.nn._constraint_inputs import check_basis, check_data
@@ -182,9 +184,9 @@ class HardConstraintMoE(nn.Module):
         shared_rows: Sequence[int] | None = None,
         max_iter: int = 50,
         tol: float = 1e-10,
-        on_failure: str = "warn",
-        expert_parallel: bool | str = "auto",
-        interface_rows: bool | str = False,
+        on_failure: OnFailure = "warn",
+        expert_parallel: bool | Literal["auto"] = "auto",
+        interface_rows: bool | Literal["value", "c1"] = False,
         interface_weight: float = 1.0,
         periodic: Sequence[bool] | None = None,
         interface_slope_weight: float | None = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ class LayerwiseOptimizerFactory:
         sign_lr: float | None = None,
         adamw_lr: float | None = None,
         weight_decay: float = 0.0,
-        embeddings_as: str = "sign",
+        embeddings_as: Literal["sign", "adamw"] = "sign",
         strict: bool = False,
         **optimizer_kwargs: Any,
     ) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from itertools import chain
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -39,9 +39,15 @@ from lightning_dyn._checks import (
     check_real,
 )
 from lightning_dyn.functional._dtensor import local
-from lightning_dyn.functional._ns_coefficients import NS_COEFFICIENTS, resolve_coefficients
+from lightning_dyn.functional._ns_coefficients import (
+    NS_COEFFICIENTS,
+    NSCoefficients,
+    NSPreset,
+    resolve_coefficients,
+)
 from lightning_dyn.functional.lmo import (
     SPECTRAL_SCALES,
+    SpectralScale,
     l1_norm,
     sign_lmo,
     spectral_dual_norm,
@@ -49,7 +55,8 @@ from lightning_dyn.functional.lmo import (
 )
 from lightning_dyn.optim._sharded import ShardedMatrices, is_sharded
 
-LMOS = ("spectral", "sign", "adamw")
+LMO = Literal["spectral", "sign", "adamw"]
+LMOS: tuple[str, ...] = get_args(LMO)
 BOOKKEEPING_KEYS = ("params", "param_names", "name")
 """Group keys besides the hyperparameters; ``LearningRateMonitor`` labels a group by ``name``."""
 NOISE_RULE_KEYS = ("adaptive", "noise_alpha", "power", "exact_dual_norm")
@@ -174,13 +181,13 @@ class LANTON(torch.optim.Optimizer):
         exact_dual_norm: bool = False,
         noise_every: int = 1,
         ns_steps: int = 5,
-        ns_coefficients: str | tuple[float, float, float] = "muon",
+        ns_coefficients: NSPreset | NSCoefficients = "muon",
         ns_dtype: torch.dtype | None = torch.bfloat16,
         eps: float = 1e-7,
-        spectral_scale: str = "rms_to_rms",
+        spectral_scale: SpectralScale = "rms_to_rms",
         betas: tuple[float, float] = (0.9, 0.95),
         adam_eps: float = 1e-8,
-        lmo: str = "spectral",
+        lmo: LMO = "spectral",
     ) -> None:
         defaults = {
             "lr": lr,

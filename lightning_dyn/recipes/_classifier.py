@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lightning_dyn._checks import check_positive_int
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
@@ -55,6 +56,7 @@ class ClassifierRecipeModule(pl.LightningModule):
         super().__init__()
         self.accuracy = stage_accuracies(num_classes, ("train", "val"))
 
+    @override
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
 
@@ -68,11 +70,14 @@ class ClassifierRecipeModule(pl.LightningModule):
         self.log(f"{stage}/acc", accuracy, prog_bar=True)
         return loss
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "val")
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return build_optimizer(self.optimizer_factory, self)

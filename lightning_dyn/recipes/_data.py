@@ -13,6 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from typing_extensions import override
 
 
 class TensorBatchDataset(Dataset):
@@ -89,11 +90,13 @@ class TensorDataModule(pl.LightningDataModule):
     batch_size: int | None
     seed: int
 
+    @override
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
         batch_size = self.batch_size or len(self.train_set)
         return shuffled_shard_loader(self.train_set, batch_size, self.trainer, self.seed)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"
         return tensor_loader(self.val_set, len(self.val_set))

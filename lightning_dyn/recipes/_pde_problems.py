@@ -22,6 +22,7 @@ steps, against 31% in ``τ``).
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -37,7 +38,8 @@ from lightning_dyn.recipes._pde_data import (
     solve_diffusion_sorption,
 )
 
-PROBLEMS = ("burgers", "diffusion_sorption")
+Problem = Literal["burgers", "diffusion_sorption"]
+PROBLEMS: tuple[str, ...] = get_args(Problem)
 DEFAULT_T_FINAL = {"burgers": 1.0, "diffusion_sorption": 500.0}
 
 
@@ -137,7 +139,7 @@ class DiffusionSorption:
 
 
 def check_setting(
-    problem: str, n_x: int, n_t: int, t_final: float | None, nu: float | None
+    problem: Problem, n_x: int, n_t: int, t_final: float | None, nu: float | None
 ) -> None:
     """The checks shared by the data module and the module: problem, grid and PDE arguments."""
     check_choice("problem", problem, PROBLEMS)
@@ -150,7 +152,7 @@ def check_setting(
 
 
 def make_problem(
-    problem: str, nu: float | None = None, t_final: float | None = None
+    problem: Problem, nu: float | None = None, t_final: float | None = None
 ) -> Burgers | DiffusionSorption:
     """The problem object. ``nu`` is Burgers' viscosity (``None``: 0.02) and has no meaning for
     diffusion-sorption; ``t_final=None`` takes the problem's default (``DEFAULT_T_FINAL``)."""

@@ -15,6 +15,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from lightning_dyn._checks import check_bool, check_positive_int, check_real
 from lightning_dyn.optim.factory import OptimizerFactory
@@ -62,6 +63,7 @@ class GaussianMixtureDataModule(TensorDataModule):
         self.train_set: TensorBatchDataset | None = None
         self.val_set: TensorBatchDataset | None = None
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

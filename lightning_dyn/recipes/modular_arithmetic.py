@@ -11,16 +11,17 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
-from lightning_dyn.functional.classification_losses import classification_loss
+from lightning_dyn.functional.classification_losses import ClassificationLoss, classification_loss
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
 from lightning_dyn.recipes._classifier import stage_accuracies
 from lightning_dyn.recipes._data import (
@@ -29,15 +30,17 @@ from lightning_dyn.recipes._data import (
     tensor_loader,
 )
 
-OPERATIONS = ("add", "sub", "mul", "div")
-ARCHITECTURES = ("mlp", "transformer")
+Operation = Literal["add", "sub", "mul", "div"]
+Architecture = Literal["mlp", "transformer"]
+OPERATIONS: tuple[str, ...] = get_args(Operation)
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 
 
 def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % k for k in range(2, int(n**0.5) + 1))
 
 
-def modular_arithmetic_table(p: int, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+def modular_arithmetic_table(p: int, op: Operation) -> tuple[torch.Tensor, torch.Tensor]:
     """All pairs ``(a, b)`` and their labels ``(a op b) mod p``.
 
     ``div`` is the field division ``a * b^(p-2) mod p`` over ``b != 0`` (Power et al.); the official
@@ -79,7 +82,7 @@ class ModularArithmeticDataModule(pl.LightningDataModule):
     def __init__(
         self,
         p: int = 113,
-        op: str = "add",
+        op: Operation = "add",
         train_fraction: float = 0.4,
         seed: int = 42,
         label_corruption: float = 0.0,
@@ -102,6 +105,7 @@ class ModularArithmeticDataModule(pl.LightningDataModule):
         self.test_set: TensorBatchDataset | None = None
         self.corrupted: torch.Tensor | None = None
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
@@ -125,15 +129,18 @@ class ModularArithmeticDataModule(pl.LightningDataModule):
         self.train_set = TensorBatchDataset(pairs[train_idx], train_labels)
         self.test_set = TensorBatchDataset(pairs[test_idx], labels[test_idx])
 
+    @override
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.train_set is not None, "call setup() first"
         batch_size = self.batch_size or len(self.train_set)
         return shuffled_shard_loader(self.train_set, batch_size, self.trainer, self.seed)
 
+    @override
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.test_set is not None, "call setup() first"
         return tensor_loader(self.test_set, self.eval_batch_size)
 
+    @override
     def test_dataloader(self) -> torch.utils.data.DataLoader:
         return self.val_dataloader()
 
@@ -203,12 +210,12 @@ class ModularArithmeticModule(pl.LightningModule):
     def __init__(
         self,
         p: int = 113,
-        arch: str = "mlp",
+        arch: Architecture = "mlp",
         hidden_sizes: Sequence[int] = (200, 200),
         bias: bool = False,
         d_model: int = 128,
         num_heads: int = 4,
-        loss: str = "softmax",
+        loss: ClassificationLoss = "softmax",
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__()
@@ -226,6 +233,7 @@ class ModularArithmeticModule(pl.LightningModule):
             self.model = ModularTransformer(p, d_model, num_heads)
         self.optimizer_factory = optimizer or _default_optimizer()
 
+    @override
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         return self.model(pairs)
 
@@ -240,6 +248,7 @@ class ModularArithmeticModule(pl.LightningModule):
         accuracy(logits, labels)
         return logits, loss, accuracy
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         _, loss, accuracy = self._loss_and_accuracy(batch, "train")
         n = len(batch[1])
@@ -247,9 +256,11 @@ class ModularArithmeticModule(pl.LightningModule):
         self.log("train/acc", accuracy, prog_bar=True)
         return loss
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._held_out_step(batch, "val")
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._held_out_step(batch, "test")
 
@@ -258,6 +269,7 @@ class ModularArithmeticModule(pl.LightningModule):
         self.log("test/loss", loss, batch_size=len(batch[1]), sync_dist=True)
         self.log("test/acc", accuracy, prog_bar=True)
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return build_optimizer(self.optimizer_factory, self)
 

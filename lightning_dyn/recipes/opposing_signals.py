@@ -20,12 +20,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int, check_real
 from lightning_dyn.functional.classification_losses import one_hot_square_loss
@@ -36,7 +37,8 @@ from lightning_dyn.recipes._data import (
     TensorDataModule,
 )
 
-DATASETS = ("synthetic", "digits", "gaussian")
+Dataset = Literal["synthetic", "digits", "gaussian"]
+DATASETS: tuple[str, ...] = get_args(Dataset)
 SIDE = 8
 
 
@@ -103,7 +105,7 @@ class OpposingSignalsDataModule(TensorDataModule):
 
     def __init__(
         self,
-        dataset: str = "synthetic",
+        dataset: Dataset = "synthetic",
         planted: bool = True,
         num_classes: int = 4,
         per_class: int = 125,
@@ -159,6 +161,7 @@ class OpposingSignalsDataModule(TensorDataModule):
         self.planted_a: torch.Tensor | None = None
         self.planted_b: torch.Tensor | None = None
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
@@ -240,7 +243,9 @@ class OpposingSignalsDataModule(TensorDataModule):
         return {f"detector {k} {label}": v for k, v in scores.items()}
 
 
+Activation = Literal["relu", "tanh"]
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+Loss = Literal["cross_entropy", "square"]
 LOSSES = {"cross_entropy": F.cross_entropy, "square": one_hot_square_loss}
 
 
@@ -252,7 +257,7 @@ class ImageMLP(nn.Module):
         in_features: int,
         hidden_sizes: Sequence[int],
         num_classes: int,
-        activation: str = "relu",
+        activation: Activation = "relu",
     ):
         super().__init__()
         check_choice("activation", activation, ACTIVATIONS)
@@ -269,7 +274,9 @@ class ImageMLP(nn.Module):
 class ImageCNN(nn.Module):
     """Two 3×3 convolutions, 2×2 average pooling, a hidden linear layer; ``head`` is the last."""
 
-    def __init__(self, side: int, channels: int, hidden: int, num_classes: int, activation: str):
+    def __init__(
+        self, side: int, channels: int, hidden: int, num_classes: int, activation: Activation
+    ):
         super().__init__()
         check_choice("activation", activation, ACTIVATIONS)
         act = ACTIVATIONS[activation]
@@ -289,7 +296,8 @@ class ImageCNN(nn.Module):
         return self.head(self.body(images))
 
 
-ARCHITECTURES = ("mlp", "cnn")
+Architecture = Literal["mlp", "cnn"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 
 
 def _default_optimizer() -> OptimizerFactory:
@@ -317,9 +325,9 @@ class OpposingSignalsModule(ClassifierRecipeModule):
         num_classes: int = 4,
         hidden_sizes: Sequence[int] = (128, 128),
         optimizer: OptimizerFactory | None = None,
-        activation: str = "relu",
-        loss: str = "cross_entropy",
-        architecture: str = "mlp",
+        activation: Activation = "relu",
+        loss: Loss = "cross_entropy",
+        architecture: Architecture = "mlp",
         input_shape: Sequence[int] = (1, SIDE, SIDE),
     ) -> None:
         super().__init__(num_classes)

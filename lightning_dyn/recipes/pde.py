@@ -46,11 +46,12 @@ import functools
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_dyn._checks import check_bool, check_choice, check_positive_int, check_real
 from lightning_dyn.functional.face_jumps import block_faces, face_jumps
@@ -60,6 +61,7 @@ from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
 from lightning_dyn.recipes._pde_figure import block_edges, field_figure
 from lightning_dyn.recipes._pde_problems import (
+    Problem,
     check_setting,
     make_problem,
     pde_residual,
@@ -67,7 +69,8 @@ from lightning_dyn.recipes._pde_problems import (
 
 __all__ = ["CONSTRAINTS", "PDEModule", "interface_mask", "relative_l2"]
 
-CONSTRAINTS = ("soft", "hard", "moe")
+Constraint = Literal["soft", "hard", "moe"]
+CONSTRAINTS: tuple[str, ...] = get_args(Constraint)
 
 
 def interface_mask(
@@ -153,17 +156,17 @@ class PDEModule(pl.LightningModule):
 
     def __init__(
         self,
-        problem: str = "burgers",
-        constraint: str = "hard",
+        problem: Problem = "burgers",
+        constraint: Constraint = "hard",
         n_basis: int = 16,
         width: int = 64,
         experts: int = 4,
         partition: Sequence[int] = (1, 4),
         overlap: int = 0,
-        interface_rows: bool | str = False,
+        interface_rows: bool | Literal["value", "c1"] = False,
         interface_weight: float = 100.0,
         interface_slope_weight: float | None = None,
-        expert_parallel: bool | str = "auto",
+        expert_parallel: bool | Literal["auto"] = "auto",
         lm_iterations: int = 10,
         ridge: float = 1e-4,
         n_x: int = 64,
@@ -236,6 +239,7 @@ class PDEModule(pl.LightningModule):
         self._last_basis: Tensor | None = None  # the solver's basis rows, for interface_jump
         self.double()
 
+    @override
     def setup(self, stage: str) -> None:
         # The module computes in float64 (it calls .double() itself); a "-true" half precision
         # would convert its weights to 16 bits under the float64 data and solves.
@@ -272,6 +276,7 @@ class PDEModule(pl.LightningModule):
         phi = self.trunk(self.coords)[None] * branch[:, None, :]
         return self.times[None, :, None] * phi
 
+    @override
     def forward(self, u0: Tensor) -> tuple[Tensor, Any]:
         """Fields ``u (B, T, X)`` for initial conditions ``u0 (B, X)``, and the solver result.
 
@@ -360,17 +365,21 @@ class PDEModule(pl.LightningModule):
             self._figure_batch = (u[:1].detach(), u_ref[:1].to(torch.float64))
         return loss
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         # The solver differentiates residual_fn (torch.func) even when no gradient is wanted.
         with torch.inference_mode(False), torch.enable_grad():
             self._step(tuple(t.clone() for t in batch), "val")
 
+    @override
     def on_validation_epoch_start(self) -> None:
         self._figure_batch = None
 
+    @override
     def on_validation_epoch_end(self) -> None:
         if self.figure and self._figure_batch is not None and not self.trainer.sanity_checking:
             u, u_ref = self._figure_batch
@@ -379,5 +388,6 @@ class PDEModule(pl.LightningModule):
             log_figure(self.trainer, "pde/field", figure)
         self._figure_batch = None
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return build_optimizer(self.optimizer_factory, self)

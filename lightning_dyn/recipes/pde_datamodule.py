@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from torch import Tensor
+from typing_extensions import override
 
 from lightning_dyn._checks import check_positive_int, check_seed
 from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     TensorDataModule,
 )
-from lightning_dyn.recipes._pde_problems import check_setting, make_problem
+from lightning_dyn.recipes._pde_problems import Problem, check_setting, make_problem
 
 
 class PDEDataModule(TensorDataModule):
@@ -35,7 +36,7 @@ class PDEDataModule(TensorDataModule):
 
     def __init__(
         self,
-        problem: str = "burgers",
+        problem: Problem = "burgers",
         n_x: int = 64,
         n_t: int = 33,
         t_final: float | None = None,
@@ -67,6 +68,7 @@ class PDEDataModule(TensorDataModule):
         u0 = self.problem.initial_conditions(n, self.n_x, self.n_modes, seed)
         return u0, self.problem.reference(u0, self.n_t)
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

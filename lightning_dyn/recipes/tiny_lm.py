@@ -25,6 +25,7 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DistributedSampler
+from typing_extensions import override
 
 from lightning_dyn._checks import check_fraction, check_positive_int
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
@@ -199,6 +200,7 @@ class CharCorpusDataModule(pl.LightningDataModule):
         flat = ids.flatten().tolist() if isinstance(ids, torch.Tensor) else ids
         return "".join(self.chars[i] for i in flat)
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
@@ -219,6 +221,7 @@ class CharCorpusDataModule(pl.LightningDataModule):
         starts = torch.arange(count) * (len(every_val_window) - 1) // max(count - 1, 1)
         self.val_set = TensorBatchDataset(*(t[starts] for t in every_val_window.tensors))
 
+    @override
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.train_set is not None, "call setup() first"
         world, rank = world_and_rank(self.trainer)
@@ -227,6 +230,7 @@ class CharCorpusDataModule(pl.LightningDataModule):
         )
         return tensor_loader(self.train_set, self.batch_size, sampler=sampler)
 
+    @override
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         assert self.val_set is not None, "call setup() first"
         return tensor_loader(self.val_set, self.batch_size)
@@ -404,6 +408,7 @@ class TinyLMModule(pl.LightningModule):
         self.model = TinyGPT(**self.hparams) if vocab_size is not None else None
         self.optimizer_factory = optimizer or _default_optimizer()
 
+    @override
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         data_vocab_size = getattr(datamodule, "vocab_size", None)
@@ -421,6 +426,7 @@ class TinyLMModule(pl.LightningModule):
                 f"vocab_size={data_vocab_size}."
             )
 
+    @override
     def configure_model(self) -> None:
         if self.model is None:
             self.model = TinyGPT(**self.hparams)
@@ -432,6 +438,7 @@ class TinyLMModule(pl.LightningModule):
                 fully_shard(block, mesh=data_parallel)
             fully_shard(self.model, mesh=data_parallel)
 
+    @override
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         assert self.model is not None, "vocab_size=None: the model is built by the Trainer"
         return self.model(idx)
@@ -441,17 +448,20 @@ class TinyLMModule(pl.LightningModule):
         logits = self(x)  # (B, T, V)
         return F.cross_entropy(logits.flatten(0, 1), y.reshape(-1))
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         self.log("train/loss", loss, batch_size=len(batch[0]), sync_dist=True, prog_bar=True)
         return loss
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss = self._loss(batch)
         n = len(batch[0])
         self.log("val/loss", loss, batch_size=n, sync_dist=True, prog_bar=True)
         self.log("val/bpc", loss / math.log(2), batch_size=n, sync_dist=True)
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return build_optimizer(self.optimizer_factory, self)
 

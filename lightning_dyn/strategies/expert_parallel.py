@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
+from typing_extensions import override
 
 
 def _expert_parallel_layers(module: nn.Module) -> list[nn.Module]:
@@ -47,11 +48,13 @@ class ExpertParallelStrategy(DDPStrategy):
     strategy_name = "expert_parallel"
 
     @property
+    @override
     def distributed_sampler_kwargs(self) -> dict[str, Any]:
         # Every rank reads the whole data set in the same order: the experts, not the batch,
         # are split over the ranks.
         return {"num_replicas": 1, "rank": 0}
 
+    @override
     def setup(self, trainer: pl.Trainer) -> None:
         if not _expert_parallel_layers(self.lightning_module):
             raise ValueError(
