@@ -1,5 +1,6 @@
 """Pure torch maths: no Lightning, no logging, no state."""
 
+from lightning_dyn.functional.block_partition import block_bounds, block_edges
 from lightning_dyn.functional.classification_losses import (
     CLASSIFICATION_LOSSES,
     classification_loss,
@@ -117,6 +118,8 @@ __all__ = [
     "antiphase_correlation",
     "antiphase_matrix",
     "between_class_covariance",
+    "block_bounds",
+    "block_edges",
     "block_faces",
     "candidate_groups",
     "cdnv",

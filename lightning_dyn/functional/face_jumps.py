@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_partition, check_periodic
+from lightning_dyn.functional.block_partition import block_edges
 
 __all__ = ["EXTRAPOLATION", "SLOPE", "FaceJumps", "block_faces", "face_jumps"]
 
@@ -86,7 +87,7 @@ def block_faces(
                 f"{grid}); the one-sided stencils need at least 3 points per block, so use at "
                 f"most {n // 3} blocks along that axis."
             )
-        faces += [(axis, k * (n // m)) for k in range(1, m)]
+        faces += [(axis, edge) for edge in block_edges(n, m)]
         if periodic[axis]:
             faces.append((axis, 0))
     return tuple(faces)

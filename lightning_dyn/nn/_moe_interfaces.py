@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_real
+from lightning_dyn.functional.block_partition import block_bounds
 from lightning_dyn.functional.face_jumps import EXTRAPOLATION, SLOPE
 from lightning_dyn.functional.least_squares import LeastSquaresResult, solve_least_squares
 
@@ -35,10 +36,7 @@ def _faces(
 ) -> list[tuple[int, int, int, int, list[Tensor]]]:
     """Per face-sharing pair: ``(k, j, axis, edge, cores)``, ``cores[a]`` the common core along
     every other axis ``a`` (``edge`` is ``n`` at the wrap of a periodic axis)."""
-    cores = [
-        [(i * (n // m), n if i == m - 1 else (i + 1) * (n // m)) for i in range(m)]
-        for n, m in zip(grid, parts, strict=True)
-    ]
+    cores = [block_bounds(n, m) for n, m in zip(grid, parts, strict=True)]
     faces = []
     for k, combo in enumerate(
         torch.cartesian_prod(*[torch.arange(m) for m in parts])

@@ -21,6 +21,7 @@ from lightning_dyn._checks import (
     check_positive_int,
     check_real,
 )
+from lightning_dyn.functional.block_partition import block_bounds
 from lightning_dyn.functional.face_jumps import block_faces
 from lightning_dyn.functional.least_squares import (
     LeastSquaresResult,
@@ -41,10 +42,8 @@ from lightning_dyn.nn.hard_constraint import HardConstraintLayer, HardResidualFn
 
 def _axis_blocks(n: int, parts: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """Per block along one axis: ``(start, end, lo, hi)``, core ``[start, end)``, support."""
-    base = n // parts
     out = []
-    for i in range(parts):
-        start, end = i * base, (n if i == parts - 1 else (i + 1) * base)
+    for i, (start, end) in enumerate(block_bounds(n, parts)):
         lo = max(0, start - overlap) if i > 0 else start
         hi = min(n, end + overlap) if i < parts - 1 else end
         out.append((start, end, lo, hi))

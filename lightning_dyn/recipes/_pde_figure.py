@@ -6,10 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-
-def block_edges(n: int, parts: int) -> list[int]:
-    """Inner edges of ``parts`` uniform blocks of ``n`` points (remainder last), as indices."""
-    return [k * (n // parts) for k in range(1, parts)]
+from lightning_dyn.functional.block_partition import block_edges
 
 
 def field_figure(

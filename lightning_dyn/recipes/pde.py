@@ -54,12 +54,13 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_dyn._checks import check_bool, check_choice, check_positive_int, check_real
+from lightning_dyn.functional.block_partition import block_edges
 from lightning_dyn.functional.face_jumps import block_faces, face_jumps
 from lightning_dyn.loggers import log_figure
 from lightning_dyn.nn.hard_constraint import HardConstraintLayer
 from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
-from lightning_dyn.recipes._pde_figure import block_edges, field_figure
+from lightning_dyn.recipes._pde_figure import field_figure
 from lightning_dyn.recipes._pde_problems import (
     Problem,
     check_setting,
