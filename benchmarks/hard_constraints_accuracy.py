@@ -31,8 +31,8 @@ import torch
 from _timing import bare_trainer
 
 from lightning_dyn.recipes import PDEDataModule, PDEModule
-from lightning_dyn.recipes._pde_figure import field_figure
 from lightning_dyn.recipes.pde import relative_l2
+from lightning_dyn.recipes.pde._figure import field_figure
 
 OUT = Path(__file__).with_name("results") / "hard_constraints_accuracy.jsonl"
 FIGURE = Path(__file__).with_name("figures") / "hard_constraints_field.png"

@@ -19,8 +19,7 @@ from lightning_dyn.recipes.opposing_signals import (
     digits_images,
     synthetic_images,
 )
-from lightning_dyn.recipes.pde import PDEModule
-from lightning_dyn.recipes.pde_datamodule import PDEDataModule
+from lightning_dyn.recipes.pde import PDEDataModule, PDEModule
 from lightning_dyn.recipes.tiny_lm import (
     STDLIB_EXCLUDED_DIRS,
     CharCorpusDataModule,

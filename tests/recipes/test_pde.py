@@ -9,8 +9,8 @@ import torch
 from harness import parameters_of, quiet_trainer
 
 from lightning_dyn.recipes import PDEDataModule, PDEModule
-from lightning_dyn.recipes._pde_problems import make_problem, pde_residual
 from lightning_dyn.recipes.pde import relative_l2
+from lightning_dyn.recipes.pde._problems import make_problem, pde_residual
 
 TINY = {"n_x": 16, "n_t": 9}
 MODEL = {**TINY, "n_basis": 4, "width": 16, "figure": False}
@@ -59,7 +59,7 @@ def test_residual_is_small_on_a_fine_reference() -> None:
 
 
 def test_time_stencil_is_exact_on_polynomials() -> None:
-    from lightning_dyn.recipes._pde_problems import time_rows
+    from lightning_dyn.recipes.pde._problems import time_rows
 
     t = torch.linspace(0.0, 1.0, 9, dtype=torch.float64)
     linear, quadratic = 2.0 - 3.0 * t, 1.0 + t - 4.0 * t**2

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from lightning_dyn.recipes._pde_data import (
+from lightning_dyn.recipes.pde._data import (
     burgers_grid,
     burgers_operator,
     diffusion_sorption_operator,

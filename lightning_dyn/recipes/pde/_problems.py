@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from lightning_dyn._checks import check_choice, check_positive_int, check_real
-from lightning_dyn.recipes._pde_data import (
+from lightning_dyn.recipes.pde._data import (
     DIFFUSION_SORPTION_DEFAULTS,
     burgers_grid,
     random_sine_ics,

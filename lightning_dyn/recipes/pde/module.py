@@ -3,7 +3,7 @@
 Chalapathi, Du & Krishnapriyan, "Scaling physics-informed hard constraints with
 mixture-of-experts", at CPU scale: periodic viscous Burgers ``u_t + u u_x = ν u_xx`` and
 PDEBench's diffusion-sorption ``u_t = D / R(u) u_xx`` (the paper's 1D problem), with a
-physics-only loss; the references (:class:`~lightning_dyn.recipes.pde_datamodule.PDEDataModule`)
+physics-only loss; the references (:class:`~lightning_dyn.recipes.pde.datamodule.PDEDataModule`)
 are used only for the logged relative L2 error.
 
 Model. A DeepONet-style basis network: a trunk MLP on the grid coordinates (Burgers:
@@ -20,7 +20,7 @@ time, ``u = a + B ω`` is linear in ``ω`` and equals ``u0`` at ``t = 0`` exactl
 diffusion-sorption's Dirichlet and Cauchy conditions), so no separate boundary rows are needed.
 
 Physics residual on the ``(T - 1) × X`` grid of the times after ``t = 0``
-(:mod:`lightning_dyn.recipes._pde_problems`), in rescaled time ``τ = t / t_final``: backward
+(:mod:`lightning_dyn.recipes.pde._problems`), in rescaled time ``τ = t / t_final``: backward
 differences in time (backward Euler on row 1, BDF2 after) and the reference solvers' spatial
 stencils. All stencils are linear, so they are applied once to ``a`` and to every column of
 ``B``; the solver's ``residual_fn`` combines them with ``ω`` (row-local, so the rows can be split
@@ -60,8 +60,8 @@ from lightning_dyn.loggers import log_figure
 from lightning_dyn.nn.hard_constraint import HardConstraintLayer
 from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
-from lightning_dyn.recipes._pde_figure import field_figure
-from lightning_dyn.recipes._pde_problems import (
+from lightning_dyn.recipes.pde._figure import field_figure
+from lightning_dyn.recipes.pde._problems import (
     Problem,
     check_setting,
     make_problem,

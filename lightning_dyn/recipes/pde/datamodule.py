@@ -10,7 +10,7 @@ from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     TensorDataModule,
 )
-from lightning_dyn.recipes._pde_problems import Problem, check_setting, make_problem
+from lightning_dyn.recipes.pde._problems import Problem, check_setting, make_problem
 
 
 class PDEDataModule(TensorDataModule):
