@@ -78,11 +78,6 @@ class PerpGrad(pl.Callback):
         self.log_every_n_steps = log_every_n_steps
         self._names: dict[int, str] = {}
 
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(mode=self.mode, rescale=self.rescale)
-
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Here, not in setup: configure_model (FSDP's fully_shard) may replace the parameters.
@@ -160,7 +155,9 @@ class PerpGrad(pl.Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        # No state beyond the settings; saved (non-empty) so a resume can check them.
+        # No state beyond the settings; saved (non-empty) so a resume can check them. The
+        # state key is the class name alone: one keyed by the settings would never be found
+        # by a resume with other settings, and the check below could not fire.
         return {"mode": self.mode, "rescale": self.rescale}
 
     @override

@@ -172,3 +172,13 @@ def test_bad_arguments_name_the_argument() -> None:
         PerpGrad(mode="radial")
     with pytest.raises(ValueError, match=r"log_every_n_steps must be an integer >= 1; got 0"):
         PerpGrad(log_every_n_steps=0)
+
+
+def test_resuming_with_other_settings_warns() -> None:
+    # Lightning hands a callback the checkpoint state saved under its state_key: the key must
+    # not depend on the settings, or a resume with other settings would silently get nothing.
+    saved = PerpGrad(mode="per_tensor", rescale=True)
+    resumed = PerpGrad(mode="global", rescale=False)
+    assert resumed.state_key == saved.state_key
+    with pytest.warns(UserWarning, match="checkpoint was made with mode='per_tensor'"):
+        resumed.load_state_dict(saved.state_dict())
