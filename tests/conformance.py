@@ -232,7 +232,7 @@ LOGITS_FN: dict[str, Callable | None] = {
     "pde": None,
 }
 HESSIAN_LOSS_FN: dict[str, Any] = {
-    "cnn": "cross_entropy",
+    "cnn": "softmax",
     "dict": lambda forward, batch: F.cross_entropy(forward(batch["image"]), batch["label"]),
     "tensor": lambda forward, batch: F.mse_loss(forward(batch), torch.ones(len(batch), 2)),
     "tokens": lambda forward, batch: F.nll_loss(forward(batch[0], batch[1]), batch[1].flatten()),

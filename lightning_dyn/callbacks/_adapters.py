@@ -10,22 +10,18 @@ it does not hold, say which argument to pass instead of failing deep inside torc
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, get_args
+from typing import Any
 
 import lightning.pytorch as pl
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_dyn.functional.classification_losses import one_hot_square_loss
+from lightning_dyn.functional.losses import ClassificationLoss, classification_loss
 
 LogitsFn = Callable[[pl.LightningModule, Any], tuple[Tensor, Tensor]]
 """``(pl_module, batch) -> (logits, targets)``."""
 
 LOGITS_FN_SIGNATURE = "(pl_module, batch) -> (logits, targets)"
-
-HessianLossFn = Callable[[Callable[..., Tensor], Any], Tensor]
-"""``(forward, batch) -> scalar loss``, ``forward`` running the module (``SharpnessMonitor``)."""
-
 
 def describe_batch(batch: Any) -> str:
     """A short description of a batch's structure for error messages."""
@@ -136,14 +132,18 @@ def per_example_cross_entropy(logits: Tensor, targets: Tensor, owner: str) -> Te
 
 
 class LossOfFirstInput:
-    """A named ``loss_fn(forward, batch)`` of ``SharpnessMonitor`` for ``(inputs, targets)``.
+    """``loss_fn(forward, batch)`` of ``SharpnessMonitor`` from a registry loss, for batches
+    ``(inputs, targets)``: the loss (mean over examples, or target positions) of
+    ``forward(inputs)``, for any logits layout of :func:`classes_last`.
 
-    ``"cross_entropy"``: the mean over examples (or target positions); ``"square"``:
-    ``½||f(x) - onehot(y)||²`` averaged over examples, Cohen et al.'s convention.
+    Args:
+        owner: the monitor's name, for error messages.
+        name: a name of :data:`~lightning_dyn.functional.CLASSIFICATION_LOSSES`.
     """
 
-    def __init__(self, owner: str, name: str) -> None:
+    def __init__(self, owner: str, name: ClassificationLoss) -> None:
         self.owner, self.name = owner, name
+        self.loss = classification_loss(name, "loss_fn")
 
     def __call__(self, forward: Callable[..., Tensor], batch: Any) -> Tensor:
         example = "loss_fn=lambda forward, batch: F.cross_entropy(forward(batch['x']), batch['y'])"
@@ -151,14 +151,7 @@ class LossOfFirstInput:
         logits = classes_last(
             call_forward(forward, inputs, self.owner, "loss_fn"), targets, self.owner
         )
-        if self.name == "square":
-            return one_hot_square_loss(logits, targets)
-        return F.cross_entropy(logits.movedim(-1, 1), targets)
+        return self.loss(logits.movedim(-1, 1), targets)  # F.cross_entropy's layout
 
     def __repr__(self) -> str:
         return f"LossOfFirstInput({self.name!r})"
-
-
-NamedLoss = Literal["cross_entropy", "square"]
-NAMED_LOSSES: tuple[str, ...] = get_args(NamedLoss)
-"""The names :class:`LossOfFirstInput` accepts."""

@@ -15,13 +15,13 @@ from lightning_dyn.callbacks._adapters import (
     LOGITS_FN_SIGNATURE,
     ForwardFirstInput,
     LogitsFn,
-    NamedLoss,
     classes_last,
 )
 from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
 from lightning_dyn.callbacks._features import FeatureCapture, last_linear_name
 from lightning_dyn.callbacks._measurement import probe_pass, training_batch, whole
 from lightning_dyn.callbacks._probe import batch_length, unpadded_length
+from lightning_dyn.functional.losses import CLASSIFICATION_LOSSES, ClassificationLoss
 from lightning_dyn.functional.neural_collapse import (
     NC_TARGETS,
     Target,
@@ -82,10 +82,11 @@ class NeuralCollapseMonitor(pl.Callback):
             ``"orthogonal"`` (uncentred means, bias-free square loss, balanced),
             ``"imbalanced"`` (Dang et al.'s frame for bias-free square loss with unequal class
             sizes) or ``"auto"``: ``etf`` if the classifier has a bias or ``loss`` is
-            cross-entropy, else ``orthogonal`` for balanced and ``imbalanced`` for unequal
+            not the square loss, else ``orthogonal`` for balanced and ``imbalanced`` for unequal
             class counts.
         nc4: ``"second_pass"``, ``"lagged"`` or ``"off"``.
-        loss: the training loss, ``"cross_entropy"`` or ``"square"`` (only for ``"auto"``).
+        loss: the training loss, a name of :data:`~lightning_dyn.functional.CLASSIFICATION_LOSSES`
+            (``"softmax"``, ``"stablemax"`` or ``"square"``; only read by ``"auto"``).
         logits_fn: ``(pl_module, batch) -> (logits, targets)``; default ``pl_module(batch[0])``.
         figure: log the Gram figure.
     """
@@ -99,7 +100,7 @@ class NeuralCollapseMonitor(pl.Callback):
         max_batches: int | None = None,
         geometry: Literal["auto"] | Target = "auto",
         nc4: NC4Mode = "second_pass",
-        loss: NamedLoss = "cross_entropy",
+        loss: ClassificationLoss = "softmax",
         logits_fn: LogitsFn | None = None,
         figure: bool = True,
     ) -> None:
@@ -109,7 +110,7 @@ class NeuralCollapseMonitor(pl.Callback):
             check_positive_int("max_batches", max_batches)
         check_choice("geometry", geometry, GEOMETRIES)
         check_choice("nc4", nc4, NC4_MODES)
-        check_choice("loss", loss, ("cross_entropy", "square"))
+        check_choice("loss", loss, CLASSIFICATION_LOSSES)
         check_callable("logits_fn", logits_fn, LOGITS_FN_SIGNATURE)
         check_bool("figure", figure)
         self.feature_module, self.classifier = feature_module, classifier
@@ -296,7 +297,7 @@ class NeuralCollapseMonitor(pl.Callback):
     def _target(self, stats: Any) -> str:
         if self.geometry != "auto":
             return self.geometry
-        if self._head.bias is not None or self.loss == "cross_entropy":
+        if self._head.bias is not None or self.loss != "square":
             return "etf"
         balanced = bool((stats.counts == stats.counts[0]).all())
         return "orthogonal" if balanced else "imbalanced"

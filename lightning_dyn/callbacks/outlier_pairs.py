@@ -26,6 +26,7 @@ from lightning_dyn.callbacks._intervals import due_at_step
 from lightning_dyn.callbacks._measurement import is_sharded, probe_gradients, probe_pass, whole
 from lightning_dyn.callbacks._outlier_report import log_detection, pair_record
 from lightning_dyn.callbacks._probe import Probe, build_probe, chunked, gather_by_position, take
+from lightning_dyn.functional.losses import ClassificationLoss, LossFn, classification_loss
 from lightning_dyn.functional.opposing_groups import (
     OpposingGroup,
     OpposingSearchConfig,
@@ -41,7 +42,6 @@ from lightning_dyn.functional.opposing_signals import (
 from lightning_dyn.functional.pair_search import group_loss_series
 
 GroupFn = Callable[[Tensor, Any], Tensor]
-LossFn = Callable[..., Tensor]
 
 
 class OutlierPairDetector(pl.Callback):
@@ -107,8 +107,11 @@ class OutlierPairDetector(pl.Callback):
             input of the last ``nn.Linear`` (the penultimate features of a classifier).
         grad_check_every: search every this many evaluations.
         sketch_dim: compare gradients through a random projection to this many numbers.
-        loss_fn: ``loss_fn(outputs, targets, reduction="none")`` giving per-example losses;
-            ``None`` is cross-entropy (per position for per-token targets, then averaged).
+        loss_fn: a name of :data:`~lightning_dyn.functional.CLASSIFICATION_LOSSES`
+            (``"softmax"``, ``"stablemax"``, ``"square"``) or a callable
+            ``loss_fn(outputs, targets, reduction="none")`` giving per-example losses; ``None``
+            is softmax cross-entropy for any logits layout (per position for per-token targets,
+            then averaged).
         logits_fn: ``(pl_module, batch) -> (outputs, targets)``; default ``pl_module(batch[0])``
             and ``batch[1]``.
         batch_size: examples per forward pass on the probe.
@@ -138,7 +141,7 @@ class OutlierPairDetector(pl.Callback):
         max_pairs: int = 3,
         join_amplitude: float = 0.5,
         persistence: int = 3,
-        loss_fn: LossFn | None = None,
+        loss_fn: ClassificationLoss | LossFn | None = None,
         logits_fn: LogitsFn | None = None,
         batch_size: int = 1024,
         max_media_examples: int = 8,
@@ -186,6 +189,8 @@ class OutlierPairDetector(pl.Callback):
                 f"{type(probe).__name__}."
             )
         check_callable("group_fn", group_fn, "(indices, batch) -> group ids")
+        if isinstance(loss_fn, str):
+            loss_fn = classification_loss(loss_fn, "loss_fn")
         check_callable("loss_fn", loss_fn, '(outputs, targets, reduction="none") -> losses')
         check_callable("logits_fn", logits_fn, LOGITS_FN_SIGNATURE)
         if group_fn is not None and feature_module is not None:

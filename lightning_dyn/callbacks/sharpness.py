@@ -14,10 +14,7 @@ from typing_extensions import override
 
 from lightning_dyn._checks import check_bool, check_callable, check_choice, check_positive_int
 from lightning_dyn.callbacks._adapters import (
-    NAMED_LOSSES,
-    HessianLossFn,
     LossOfFirstInput,
-    NamedLoss,
 )
 from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
 from lightning_dyn.callbacks._intervals import due_at_step
@@ -30,12 +27,13 @@ from lightning_dyn.callbacks._measurement import (
 from lightning_dyn.callbacks._optimizer_scaling import optimizer_scaling
 from lightning_dyn.callbacks._probe import Probe, build_probe, chunked, take
 from lightning_dyn.functional.finite_difference import FiniteDifferenceHessian
-from lightning_dyn.functional.hvp import HessianOperator
+from lightning_dyn.functional.hvp import BatchLossFn, HessianOperator
 from lightning_dyn.functional.lanczos import (
     hessian_eigenvalues,
     hessian_spectral_density,
     hessian_trace,
 )
+from lightning_dyn.functional.losses import ClassificationLoss
 from lightning_dyn.loggers import log_figure
 
 SharpnessMethod = Literal["double_backward", "forward_over_reverse", "finite_difference"]
@@ -107,7 +105,8 @@ class SharpnessMonitor(pl.Callback):
             spike, it converged to the second eigenvalue (4% low). Lanczos certifies an
             eigenpair, not that it is the top one; ``False`` lowers that risk.
         loss_fn: ``loss_fn(forward, batch) -> mean loss`` (``forward`` runs the module), or
-            ``"cross_entropy"`` / ``"square"`` for batches ``(inputs, targets)`` (per-token
+            a name of :data:`~lightning_dyn.functional.CLASSIFICATION_LOSSES` (``"softmax"``,
+            ``"stablemax"``, ``"square"``) for batches ``(inputs, targets)`` (per-token
             targets: the mean over positions). Measure the loss the module trains on: the edge
             of stability is a property of that loss.
         batch_size: probe examples per forward pass.
@@ -129,7 +128,7 @@ class SharpnessMonitor(pl.Callback):
         method: SharpnessMethod = "double_backward",
         keep_graph: bool = True,
         warm_start: bool = True,
-        loss_fn: HessianLossFn | NamedLoss = "cross_entropy",
+        loss_fn: BatchLossFn | ClassificationLoss = "softmax",
         batch_size: int = 1024,
         seed: int = 0,
     ) -> None:
@@ -156,7 +155,6 @@ class SharpnessMonitor(pl.Callback):
         ):
             check_bool(name, flag)
         if isinstance(loss_fn, str):
-            check_choice("loss_fn", loss_fn, NAMED_LOSSES)
             loss_fn = LossOfFirstInput(type(self).__name__, loss_fn)
         check_callable("loss_fn", loss_fn, "(forward, batch) -> scalar loss", optional=False)
         self.every_n_steps, self.probe_spec, self.probe_size = every_n_steps, probe, probe_size

@@ -27,7 +27,7 @@ from lightning_dyn.callbacks._divergence import DivergenceGuard, nan_metrics
 from lightning_dyn.callbacks._intervals import due_at_step
 from lightning_dyn.callbacks._measurement import probe_gradients, probe_pass
 from lightning_dyn.callbacks._probe import Probe, build_probe
-from lightning_dyn.functional.classification_losses import classification_loss
+from lightning_dyn.functional.losses import classification_loss
 from lightning_dyn.functional.perp_grad import nlm_cosines
 from lightning_dyn.functional.softmax_collapse import (
     COLLAPSE_LOSSES,

@@ -1,11 +1,6 @@
 """Pure torch maths: no Lightning, no logging, no state."""
 
 from lightning_dyn.functional.block_partition import block_bounds, block_edges
-from lightning_dyn.functional.classification_losses import (
-    CLASSIFICATION_LOSSES,
-    classification_loss,
-    one_hot_square_loss,
-)
 from lightning_dyn.functional.clustering import kmeans
 from lightning_dyn.functional.face_jumps import FaceJumps, block_faces, face_jumps
 from lightning_dyn.functional.finite_difference import FiniteDifferenceHessian
@@ -32,6 +27,13 @@ from lightning_dyn.functional.lmo import (
     spectral_dual_norm,
     spectral_lmo,
     spectral_scale,
+)
+from lightning_dyn.functional.losses import (
+    CLASSIFICATION_LOSSES,
+    ClassificationLoss,
+    LossFn,
+    classification_loss,
+    one_hot_square_loss,
 )
 from lightning_dyn.functional.neural_collapse import (
     NC_TARGETS,
@@ -105,11 +107,13 @@ __all__ = [
     "OPTIMIZER_KINDS",
     "SPECTRAL_SCALES",
     "ClassStatistics",
+    "ClassificationLoss",
     "EigenResult",
     "FaceJumps",
     "FiniteDifferenceHessian",
     "HessianOperator",
     "LeastSquaresResult",
+    "LossFn",
     "OpposingGroup",
     "OpposingSearchConfig",
     "SpectralDensity",

@@ -49,7 +49,10 @@ from lightning_dyn.functional._autocast import autocast_off
 HVPMethod = Literal["double_backward", "forward_over_reverse"]
 HVP_METHODS: tuple[str, ...] = get_args(HVPMethod)
 
-LossFn = Callable[[Callable[..., Tensor], Any], Tensor]
+BatchLossFn = Callable[[Callable[..., Tensor], Any], Tensor]
+"""``(forward, batch) -> scalar loss``: a model's loss on one batch, ``forward`` running the model.
+A :data:`~lightning_dyn.functional.losses.LossFn` on logits becomes one with
+``lambda forward, batch: loss(forward(batch[0]), batch[1])``."""
 
 
 @contextlib.contextmanager
@@ -142,7 +145,7 @@ class HessianOperator:
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: LossFn,
+        loss_fn: BatchLossFn,
         batches: Iterable[Any],
         params: Iterable[Tensor] | None = None,
         method: HVPMethod = "double_backward",

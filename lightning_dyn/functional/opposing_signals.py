@@ -22,15 +22,15 @@ in float64 one tensor at a time, so no model-sized copy is made.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_dyn._checks import check_int, check_positive_int, check_seed, check_vector
+from lightning_dyn.functional.losses import LossFn
 
-LossFn = Callable[..., Tensor]
 GradLike = Tensor | Sequence[Tensor]
 
 DEFAULT_SKETCH_BLOCK_NUMEL = 1 << 22

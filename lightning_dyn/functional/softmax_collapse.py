@@ -14,18 +14,19 @@ purpose, because the rounding is the phenomenon.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dyn._checks import check_choice
-from lightning_dyn.functional.classification_losses import CLASSIFICATION_LOSSES
 from lightning_dyn.functional.stablemax import stablemax_cross_entropy
 
 CollapseLoss = Literal["softmax", "stablemax"]
-COLLAPSE_LOSSES: tuple[str, ...] = tuple(CLASSIFICATION_LOSSES)
+COLLAPSE_LOSSES: tuple[str, ...] = get_args(CollapseLoss)
+"""The names of :data:`~lightning_dyn.functional.losses.CLASSIFICATION_LOSSES` with a softmax-like
+normaliser whose collapse can be measured."""
 
 
 def _cast(logits: Tensor, dtype: torch.dtype | None) -> Tensor:

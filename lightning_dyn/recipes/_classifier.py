@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from lightning_dyn._checks import check_positive_int
+from lightning_dyn.functional.losses import LossFn
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
 
 
@@ -49,7 +49,7 @@ class ClassifierRecipeModule(pl.LightningModule):
     """
 
     model: torch.nn.Module
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss_fn: LossFn
     optimizer_factory: OptimizerFactory
 
     def __init__(self, num_classes: int) -> None:

@@ -13,11 +13,11 @@ import functools
 import itertools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
 from lightning_dyn._checks import check_bool, check_positive_int, check_real
+from lightning_dyn.functional.losses import ClassificationLoss, classification_loss
 from lightning_dyn.optim.factory import OptimizerFactory
 from lightning_dyn.recipes._classifier import ClassifierRecipeModule
 from lightning_dyn.recipes._data import (
@@ -115,6 +115,8 @@ class GaussianMixtureModule(ClassifierRecipeModule):
         depth: number of hidden layers.
         batch_norm: BatchNorm after each hidden linear layer, as in Papyan et al.'s networks;
             with it NC1 falls about 6x further at this scale (``experiment=neural_collapse``).
+        loss: a name of :data:`~lightning_dyn.functional.CLASSIFICATION_LOSSES` (``softmax``,
+            ``stablemax``, ``square``).
         optimizer: a factory ``params -> Optimizer``; default SGD(lr 0.05, momentum 0.9,
             weight decay 5e-4), Papyan et al.'s optimiser.
     """
@@ -126,6 +128,7 @@ class GaussianMixtureModule(ClassifierRecipeModule):
         width: int = 128,
         depth: int = 3,
         batch_norm: bool = False,
+        loss: ClassificationLoss = "softmax",
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__(num_classes)
@@ -134,5 +137,5 @@ class GaussianMixtureModule(ClassifierRecipeModule):
             check_positive_int(name, value)
         self.save_hyperparameters(ignore=["optimizer"])
         self.model = MixtureMLP(input_dim, width, depth, num_classes, batch_norm)
-        self.loss_fn = F.cross_entropy
+        self.loss_fn = classification_loss(loss)
         self.optimizer_factory = optimizer or _default_optimizer()

@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
-from lightning_dyn.functional.classification_losses import ClassificationLoss, classification_loss
+from lightning_dyn.functional.losses import ClassificationLoss, classification_loss
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
 from lightning_dyn.recipes._classifier import stage_accuracies
 from lightning_dyn.recipes._data import (
@@ -202,7 +202,8 @@ class ModularArithmeticModule(pl.LightningModule):
         bias: whether the MLP layers have biases (the reference setup has none).
         d_model: transformer width.
         num_heads: transformer attention heads.
-        loss: ``softmax`` (cross-entropy) or ``stablemax`` (StableMax cross-entropy in float64).
+        loss: a name of :data:`~lightning_dyn.functional.CLASSIFICATION_LOSSES`: ``softmax``
+            (cross-entropy), ``stablemax`` (StableMax cross-entropy in float64) or ``square``.
         optimizer: a factory ``params -> Optimizer`` (e.g. ``functools.partial(AdamW, lr=...)``
             or a hydra ``_partial_`` config); defaults to the reference AdamW.
     """

@@ -24,12 +24,11 @@ from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int, check_real
-from lightning_dyn.functional.classification_losses import one_hot_square_loss
+from lightning_dyn.functional.losses import ClassificationLoss, classification_loss
 from lightning_dyn.optim.factory import OptimizerFactory
 from lightning_dyn.recipes._classifier import ClassifierRecipeModule
 from lightning_dyn.recipes._data import (
@@ -245,8 +244,6 @@ class OpposingSignalsDataModule(TensorDataModule):
 
 Activation = Literal["relu", "tanh"]
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
-Loss = Literal["cross_entropy", "square"]
-LOSSES = {"cross_entropy": F.cross_entropy, "square": one_hot_square_loss}
 
 
 class ImageMLP(nn.Module):
@@ -314,7 +311,8 @@ class OpposingSignalsModule(ClassifierRecipeModule):
         architecture: ``mlp`` (any input) or ``cnn`` (``(1, side, side)`` images).
         input_shape: shape of one input, the data module's ``input_shape``.
         activation: ``relu`` or ``tanh`` (the edge-of-stability experiment's network).
-        loss: ``cross_entropy`` or ``square`` (``½||logits - onehot||²``, Cohen et al.).
+        loss: a name of :data:`~lightning_dyn.functional.CLASSIFICATION_LOSSES`: ``softmax``,
+            ``stablemax`` or ``square`` (``½||logits - onehot||²``, Cohen et al.).
         optimizer: a factory ``params -> Optimizer``; default full-batch gradient descent
             ``SGD(lr=0.03)``, large enough for the planted pair to oscillate and small enough
             for the clean data to train stably.
@@ -326,12 +324,12 @@ class OpposingSignalsModule(ClassifierRecipeModule):
         hidden_sizes: Sequence[int] = (128, 128),
         optimizer: OptimizerFactory | None = None,
         activation: Activation = "relu",
-        loss: Loss = "cross_entropy",
+        loss: ClassificationLoss = "softmax",
         architecture: Architecture = "mlp",
         input_shape: Sequence[int] = (1, SIDE, SIDE),
     ) -> None:
         super().__init__(num_classes)
-        check_choice("loss", loss, LOSSES)
+        self.loss_fn = classification_loss(loss)
         check_choice("architecture", architecture, ARCHITECTURES)
         input_shape = tuple(input_shape)
         if architecture == "cnn" and (
@@ -343,7 +341,6 @@ class OpposingSignalsModule(ClassifierRecipeModule):
             )
         if architecture == "cnn" and not hidden_sizes:
             raise ValueError("architecture='cnn' needs hidden_sizes (channels, ..., width).")
-        self.loss_fn = LOSSES[loss]
         for width in hidden_sizes:
             check_positive_int("hidden_sizes[i]", width)
         self.save_hyperparameters(ignore=["optimizer"])
