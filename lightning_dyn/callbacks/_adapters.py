@@ -23,6 +23,7 @@ LogitsFn = Callable[[pl.LightningModule, Any], tuple[Tensor, Tensor]]
 
 LOGITS_FN_SIGNATURE = "(pl_module, batch) -> (logits, targets)"
 
+
 def describe_batch(batch: Any) -> str:
     """A short description of a batch's structure for error messages."""
     if isinstance(batch, Tensor):
