@@ -20,7 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_dyn.optim import LayerwiseOptimizerFactory
+from lightning_dyn.optim import LANTON
 from lightning_dyn.recipes import CharCorpusDataModule, TinyLMModule
 
 
@@ -29,17 +29,22 @@ def _adamw(lr: float) -> Any:
 
 
 def _muon(lr: float) -> Any:
-    return LayerwiseOptimizerFactory(
-        adaptive=False, lr=lr, adamw_lr=3e-3, embeddings_as="adamw", spectral_scale="muon"
+    return functools.partial(
+        LANTON.from_module,
+        adaptive=False,
+        lr=lr,
+        adamw_lr=3e-3,
+        embeddings_as="adamw",
+        spectral_scale="muon",
     )
 
 
 def _lanton(lr: float) -> Any:
-    return LayerwiseOptimizerFactory(adaptive=True, lr=lr, sign_lr=2e-3, adamw_lr=3e-3)
+    return functools.partial(LANTON.from_module, adaptive=True, lr=lr, sign_lr=2e-3, adamw_lr=3e-3)
 
 
 def _lanton_noise_every_8(lr: float) -> Any:
-    return LayerwiseOptimizerFactory(lr=lr, sign_lr=2e-3, adamw_lr=3e-3, noise_every=8)
+    return functools.partial(LANTON.from_module, lr=lr, sign_lr=2e-3, adamw_lr=3e-3, noise_every=8)
 
 
 OPTIMIZERS = {

@@ -54,6 +54,7 @@ from lightning_dyn.functional.lmo import (
     spectral_lmo,
 )
 from lightning_dyn.optim._sharded import ShardedMatrices, is_sharded
+from lightning_dyn.optim.param_groups import GROUPING_KEYS, param_groups
 
 LMO = Literal["spectral", "sign", "adamw"]
 LMOS: tuple[str, ...] = get_args(LMO)
@@ -212,6 +213,15 @@ class LANTON(torch.optim.Optimizer):
         }
         _check_hyperparameters(defaults)  # named as arguments, before any group repeats them
         super().__init__(params, defaults)
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module, **kwargs: Any) -> LANTON:
+        """LANTON over :func:`~lightning_dyn.optim.param_groups` of ``module``: the grouping
+        arguments (``sign_lr``, ``adamw_lr``, ``weight_decay``, ``embeddings_as``, ...) go there,
+        the rest to LANTON, ``lr`` to both (``optimizer=lanton`` and ``optimizer=muon``)."""
+        grouping = {k: kwargs.pop(k) for k in GROUPING_KEYS if k in kwargs}
+        lr = {"lr": kwargs["lr"]} if "lr" in kwargs else {}
+        return cls(param_groups(module, **lr, **grouping), **kwargs)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (the constructor adds each of its own through here), checked strictly.

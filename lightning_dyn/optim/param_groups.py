@@ -8,12 +8,17 @@ geometry is ℓ1→ℓ∞ (sign updates), not the RMS→RMS operator norm of hid
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
+from lightning_dyn._checks import check_choice
+
 HEAD_NAMES = ("head", "lm_head", "classifier", "unembed", "output", "fc_out", "decoder")
 """Last name components of ``nn.Linear`` modules treated as output heads."""
+
+GROUPING_KEYS = ("sign_lr", "adamw_lr", "weight_decay", "head_names", "strict", "embeddings_as")
+"""The arguments of :func:`param_groups` besides ``model`` and ``lr``."""
 
 _NORMS = (
     nn.LayerNorm,
@@ -56,6 +61,7 @@ def param_groups(
     weight_decay: float = 0.0,
     head_names: Sequence[str] = HEAD_NAMES,
     strict: bool = False,
+    embeddings_as: Literal["sign", "adamw"] = "sign",
 ) -> list[dict[str, Any]]:
     """Param groups for :class:`lightning_dyn.optim.LANTON` (or any optimizer that reads ``lmo``).
 
@@ -77,10 +83,13 @@ def param_groups(
         weight_decay: decoupled weight decay of the spectral and sign groups (AdamW's gets 0).
         head_names: last name components of output-head ``nn.Linear`` modules.
         strict: raise for parameters the rule does not know instead of sending them to AdamW.
+        embeddings_as: ``"sign"`` (Signum, as LANTON and Scion) or ``"adamw"`` (as Muon users):
+            the sign group's ``lmo`` becomes ``"adamw"`` with ``adamw_lr``.
 
     Raises:
         ValueError: in strict mode, naming every parameter that could not be classified.
     """
+    check_choice("embeddings_as", embeddings_as, ("sign", "adamw"))
     heads = {name.lower() for name in head_names}
     groups: dict[str, tuple[list[nn.Parameter], list[str]]] = {
         "spectral": ([], []),
@@ -111,14 +120,16 @@ def param_groups(
             + ". Known: nn.Linear (hidden or head by name), nn.Embedding, convolutions, "
             "normalisation layers and biases."
         )
-    rates = {"spectral": lr, "sign": sign_lr or lr, "adamw": adamw_lr or lr}
+    adamw_lr = lr if adamw_lr is None else adamw_lr
+    rates = {"spectral": lr, "sign": lr if sign_lr is None else sign_lr, "adamw": adamw_lr}
     decay = {"spectral": weight_decay, "sign": weight_decay, "adamw": 0.0}
+    lmos = {"spectral": "spectral", "sign": embeddings_as, "adamw": "adamw"}
     return [
         {
             "params": params,
             "param_names": names,
-            "lmo": kind,
-            "lr": rates[kind],
+            "lmo": lmos[kind],
+            "lr": rates[kind] if lmos[kind] == kind else adamw_lr,
             "weight_decay": decay[kind],
         }
         for kind, (params, names) in groups.items()

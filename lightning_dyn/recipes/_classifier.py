@@ -42,7 +42,8 @@ class ClassifierRecipeModule(pl.LightningModule):
     """``model`` on inputs, ``loss_fn(logits, labels)``; logs ``<stage>/loss`` and ``<stage>/acc``.
 
     Subclasses call ``super().__init__(num_classes)`` and set ``self.model``, ``self.loss_fn`` and
-    ``self.optimizer_factory`` in their ``__init__``. The loss is averaged over DDP ranks
+    ``self.optimizer_factory`` (``module -> Optimizer``) in their ``__init__``. The loss is
+    averaged over DDP ranks
     (``sync_dist``) and weighted by the batch size; the accuracy is a torchmetrics metric per
     stage (``stage_accuracies``), the accuracy of the global batch (train, every step) or of the
     whole validation set (every epoch).

@@ -9,7 +9,6 @@ labels once: the control, which the network must memorise.
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import torch
@@ -24,6 +23,7 @@ from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     TensorDataModule,
 )
+from lightning_dyn.recipes._optimizer import recipe_optimizer
 
 
 class GaussianMixtureDataModule(TensorDataModule):
@@ -101,10 +101,6 @@ class MixtureMLP(nn.Module):
         return self.head(self.body(x))
 
 
-def _default_optimizer() -> OptimizerFactory:
-    return functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4)
-
-
 class GaussianMixtureModule(ClassifierRecipeModule):
     """The MLP classifier; logs ``train/{loss,acc}`` and ``val/{loss,acc}``.
 
@@ -117,8 +113,9 @@ class GaussianMixtureModule(ClassifierRecipeModule):
             with it NC1 falls about 6x further at this scale (``experiment=neural_collapse``).
         loss: a name of :data:`~lightning_dyn.functional.CLASSIFICATION_LOSSES` (``softmax``,
             ``stablemax``, ``square``).
-        optimizer: a factory ``params -> Optimizer``; default SGD(lr 0.05, momentum 0.9,
-            weight decay 5e-4), Papyan et al.'s optimiser.
+        optimizer: ``module -> Optimizer`` (:func:`~lightning_dyn.optim.build_optimizer`);
+            ``None``: the recipe config's, SGD(lr 0.05, momentum 0.9, weight decay 5e-4),
+            Papyan et al.'s optimiser.
     """
 
     def __init__(
@@ -138,4 +135,4 @@ class GaussianMixtureModule(ClassifierRecipeModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.model = MixtureMLP(input_dim, width, depth, num_classes, batch_norm)
         self.loss_fn = classification_loss(loss)
-        self.optimizer_factory = optimizer or _default_optimizer()
+        self.optimizer_factory = optimizer or recipe_optimizer("gaussian_mixture")

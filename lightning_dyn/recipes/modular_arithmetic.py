@@ -8,7 +8,6 @@ corruption follows Doshi et al., "To grok or not to grok" (arXiv 2310.13061).
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
@@ -29,6 +28,7 @@ from lightning_dyn.recipes._data import (
     shuffled_shard_loader,
     tensor_loader,
 )
+from lightning_dyn.recipes._optimizer import recipe_optimizer
 
 Operation = Literal["add", "sub", "mul", "div"]
 Architecture = Literal["mlp", "transformer"]
@@ -185,12 +185,6 @@ class ModularTransformer(nn.Module):
         return self.unembed(self.encoder(h)[:, -1])  # (B, p)
 
 
-def _default_optimizer() -> OptimizerFactory:
-    return functools.partial(
-        torch.optim.AdamW, lr=1e-2, betas=(0.9, 0.99), eps=1e-25, weight_decay=0.0
-    )
-
-
 class ModularArithmeticModule(pl.LightningModule):
     """Classifier for ``(a op b) mod p``; logs ``train/{loss,acc}`` every step, ``test/{loss,acc}``
     every validation pass.
@@ -204,8 +198,9 @@ class ModularArithmeticModule(pl.LightningModule):
         num_heads: transformer attention heads.
         loss: a name of :data:`~lightning_dyn.functional.CLASSIFICATION_LOSSES`: ``softmax``
             (cross-entropy), ``stablemax`` (StableMax cross-entropy in float64) or ``square``.
-        optimizer: a factory ``params -> Optimizer`` (e.g. ``functools.partial(AdamW, lr=...)``
-            or a hydra ``_partial_`` config); defaults to the reference AdamW.
+        optimizer: ``module -> Optimizer`` (:func:`~lightning_dyn.optim.build_optimizer`: a
+            hydra ``_partial_`` torch optimizer gets the parameters); ``None``: the recipe
+            config's, the reference AdamW (``optimizer/adamw.yaml``).
     """
 
     def __init__(
@@ -232,7 +227,7 @@ class ModularArithmeticModule(pl.LightningModule):
             self.model: nn.Module = ModularMLP(p, hidden_sizes, bias)
         else:
             self.model = ModularTransformer(p, d_model, num_heads)
-        self.optimizer_factory = optimizer or _default_optimizer()
+        self.optimizer_factory = optimizer or recipe_optimizer("grokking")
 
     @override
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:

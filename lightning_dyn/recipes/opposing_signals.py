@@ -17,7 +17,6 @@ images, ``dataset="synthetic"`` (one random template per class plus Gaussian noi
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
@@ -35,6 +34,7 @@ from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     TensorDataModule,
 )
+from lightning_dyn.recipes._optimizer import recipe_optimizer
 
 Dataset = Literal["synthetic", "digits", "gaussian"]
 DATASETS: tuple[str, ...] = get_args(Dataset)
@@ -297,10 +297,6 @@ Architecture = Literal["mlp", "cnn"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 
 
-def _default_optimizer() -> OptimizerFactory:
-    return functools.partial(torch.optim.SGD, lr=0.03)
-
-
 class OpposingSignalsModule(ClassifierRecipeModule):
     """MLP or CNN classifier; logs ``train/{loss,acc}`` and ``val/{loss,acc}``.
 
@@ -313,9 +309,10 @@ class OpposingSignalsModule(ClassifierRecipeModule):
         activation: ``relu`` or ``tanh`` (the edge-of-stability experiment's network).
         loss: a name of :data:`~lightning_dyn.functional.CLASSIFICATION_LOSSES`: ``softmax``,
             ``stablemax`` or ``square`` (``½||logits - onehot||²``, Cohen et al.).
-        optimizer: a factory ``params -> Optimizer``; default full-batch gradient descent
-            ``SGD(lr=0.03)``, large enough for the planted pair to oscillate and small enough
-            for the clean data to train stably.
+        optimizer: ``module -> Optimizer`` (:func:`~lightning_dyn.optim.build_optimizer`);
+            ``None``: the recipe config's, full-batch gradient descent ``SGD(lr=0.03)``,
+            large enough for the planted pair to oscillate and small enough for the clean data
+            to train stably.
     """
 
     def __init__(
@@ -350,4 +347,4 @@ class OpposingSignalsModule(ClassifierRecipeModule):
         else:
             in_features = math.prod(input_shape)
             self.model = ImageMLP(in_features, tuple(hidden_sizes), num_classes, activation)
-        self.optimizer_factory = optimizer or _default_optimizer()
+        self.optimizer_factory = optimizer or recipe_optimizer("opposing_signals")

@@ -9,7 +9,6 @@ pre-LN blocks, learned positions, tied embedding and head, no biases). At the de
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sysconfig
@@ -30,6 +29,7 @@ from typing_extensions import override
 from lightning_dyn._checks import check_fraction, check_positive_int
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
 from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader, world_and_rank
+from lightning_dyn.recipes._optimizer import recipe_optimizer
 
 STDLIB_EXCLUDED_DIRS = frozenset(
     {
@@ -365,10 +365,6 @@ class TinyGPT(nn.Module):
         return self.head(self.ln_f(x))  # (B, T, V)
 
 
-def _default_optimizer() -> OptimizerFactory:
-    return functools.partial(torch.optim.AdamW, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-
-
 class TinyLMModule(pl.LightningModule):
     """Next-character prediction with :class:`TinyGPT`; logs ``train/loss`` every step and
     ``val/loss`` and ``val/bpc`` (bits per character, ``loss / ln 2``) every validation pass.
@@ -383,11 +379,11 @@ class TinyLMModule(pl.LightningModule):
         vocab_size: number of characters, or ``None`` to take it from the datamodule.
         context: the model's longest sequence; at least the datamodule's ``context``.
         d_model, n_layer, n_head, dropout, bias, tie_weights: see :class:`TinyGPT`.
-        optimizer: a factory called as ``optimizer(self.parameters())`` (e.g.
-            ``functools.partial(AdamW, lr=...)`` or a hydra ``_partial_`` config), or as
-            ``optimizer(self)`` if it has the attribute ``wants_module = True``, for optimizers
-            that group parameters by module type and name. Defaults to AdamW with lr 3e-3,
-            betas (0.9, 0.95) and weight decay 0.1 on every parameter.
+        optimizer: ``module -> Optimizer``, e.g. ``functools.partial(LANTON.from_module, ...)``
+            for optimizers that group parameters by module type and name; a hydra ``_partial_``
+            torch optimizer gets the parameters (:func:`~lightning_dyn.optim.build_optimizer`).
+            ``None``: the recipe config's, AdamW with lr 3e-3, betas (0.9, 0.95) and weight
+            decay 0.1 on every parameter (``optimizer/adamw_lm.yaml``).
     """
 
     def __init__(
@@ -406,7 +402,7 @@ class TinyLMModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         _check_sizes(context, d_model, n_layer, n_head, dropout)
         self.model = TinyGPT(**self.hparams) if vocab_size is not None else None
-        self.optimizer_factory = optimizer or _default_optimizer()
+        self.optimizer_factory = optimizer or recipe_optimizer("tiny_lm")
 
     @override
     def setup(self, stage: str) -> None:

@@ -484,21 +484,19 @@ def test_param_groups_by_module_type_and_name() -> None:
         param_groups(_Net(), strict=True)
 
 
-def test_factory_groups_the_module_and_muon_mode_sends_embeddings_to_adamw() -> None:
-    from lightning_dyn.optim import LayerwiseOptimizerFactory
-
-    lanton = LayerwiseOptimizerFactory(lr=0.02, sign_lr=0.002, adamw_lr=0.003)(_Net())
+def test_from_module_groups_the_module_and_muon_mode_sends_embeddings_to_adamw() -> None:
+    lanton = LANTON.from_module(_Net(), lr=0.02, sign_lr=0.002, adamw_lr=0.003)
     assert {g["lmo"]: g["lr"] for g in lanton.param_groups} == {
         "spectral": 0.02,
         "sign": 0.002,
         "adamw": 0.003,
     }
     assert all(g["adaptive"] for g in lanton.param_groups)
-    muon = LayerwiseOptimizerFactory(adaptive=False, embeddings_as="adamw", adamw_lr=0.003)(_Net())
+    muon = LANTON.from_module(_Net(), adaptive=False, embeddings_as="adamw", adamw_lr=0.003)
     assert [g["lmo"] for g in muon.param_groups] == ["spectral", "adamw", "adamw"]
     assert not any(g["adaptive"] for g in muon.param_groups)
     with pytest.raises(ValueError, match=r"embeddings_as='sgd'.*'sign', 'adamw'"):
-        LayerwiseOptimizerFactory(embeddings_as="sgd")
+        LANTON.from_module(_Net(), embeddings_as="sgd")
 
 
 def test_loss_decreases_on_the_registry_model(tmp_path) -> None:

@@ -217,14 +217,13 @@ def test_resume_gives_the_same_numbers_and_checkpoints_load(tmp_path: Path) -> N
     assert_same(parameters_of(loaded), expected, "loaded params")
 
 
-def test_a_factory_that_wants_the_module_gets_it() -> None:
+def test_the_optimizer_is_a_function_of_the_module() -> None:
     seen = []
 
     def factory(target):
         seen.append(target)
         return torch.optim.SGD(target.parameters(), lr=0.1)
 
-    factory.wants_module = True
     module = TinyLMModule(vocab_size=10, **TINY_MODULE, optimizer=factory)
     assert isinstance(module.configure_optimizers(), torch.optim.SGD) and seen == [module]
     default = TinyLMModule(vocab_size=10, **TINY_MODULE).configure_optimizers()
