@@ -41,7 +41,7 @@ def test_a_torch_optimizer_partial_gets_the_parameters_anything_else_the_module(
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.param_groups[0]["params"] == list(net.parameters())
     seen = []
-    build_optimizer(lambda module: seen.append(module) or torch.optim.SGD([], lr=0.1), net)
+    build_optimizer(lambda m: seen.append(m) or torch.optim.SGD(m.parameters(), lr=0.1), net)
     assert seen == [net]
     lanton = build_optimizer(functools.partial(LANTON.from_module, lr=0.05), net)
     assert {g["lmo"] for g in lanton.param_groups} == {"spectral", "sign", "adamw"}
