@@ -9,8 +9,6 @@ labels once: the control, which the network must memorise.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 from torch import nn
 from typing_extensions import override
@@ -23,6 +21,7 @@ from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     TensorDataModule,
 )
+from lightning_dyn.recipes._mlp import hidden_layers
 from lightning_dyn.recipes._optimizer import recipe_optimizer
 
 
@@ -90,11 +89,7 @@ class MixtureMLP(nn.Module):
     ) -> None:
         super().__init__()
         sizes = [input_dim, *[width] * depth]
-        layers: list[nn.Module] = []
-        for n_in, n_out in itertools.pairwise(sizes):
-            norm = [nn.BatchNorm1d(n_out)] if batch_norm else []
-            layers += [nn.Linear(n_in, n_out), *norm, nn.ReLU()]
-        self.body = nn.Sequential(*layers)
+        self.body = nn.Sequential(*hidden_layers(sizes, nn.ReLU, batch_norm=batch_norm))
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ corruption follows Doshi et al., "To grok or not to grok" (arXiv 2310.13061).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
@@ -28,6 +27,7 @@ from lightning_dyn.recipes._data import (
     shuffled_shard_loader,
     tensor_loader,
 )
+from lightning_dyn.recipes._mlp import hidden_layers
 from lightning_dyn.recipes._optimizer import recipe_optimizer
 
 Operation = Literal["add", "sub", "mul", "div"]
@@ -151,13 +151,10 @@ class ModularMLP(nn.Module):
     def __init__(self, p: int, hidden_sizes: Sequence[int] = (200, 200), bias: bool = False):
         super().__init__()
         self.p = p
-        sizes = [2 * p, *hidden_sizes, p]
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-            layers.append(nn.Linear(n_in, n_out, bias=bias))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-        self.layers = nn.Sequential(*layers)
+        sizes = [2 * p, *hidden_sizes]
+        self.layers = nn.Sequential(
+            *hidden_layers(sizes, nn.ReLU, bias=bias), nn.Linear(sizes[-1], p, bias=bias)
+        )
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         dtype = self.layers[0].weight.dtype

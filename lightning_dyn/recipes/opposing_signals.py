@@ -34,6 +34,7 @@ from lightning_dyn.recipes._data import (
     TensorBatchDataset,
     TensorDataModule,
 )
+from lightning_dyn.recipes._mlp import hidden_layers
 from lightning_dyn.recipes._optimizer import recipe_optimizer
 
 Dataset = Literal["synthetic", "digits", "gaussian"]
@@ -258,10 +259,8 @@ class ImageMLP(nn.Module):
     ):
         super().__init__()
         check_choice("activation", activation, ACTIVATIONS)
-        layers: list[nn.Module] = [nn.Flatten()]
-        for n_in, n_out in zip([in_features, *hidden_sizes], hidden_sizes, strict=False):
-            layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
-        self.body = nn.Sequential(*layers)
+        sizes = [in_features, *hidden_sizes]
+        self.body = nn.Sequential(nn.Flatten(), *hidden_layers(sizes, ACTIVATIONS[activation]))
         self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else in_features, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,7 @@ from lightning_dyn.loggers import log_figure
 from lightning_dyn.nn.hard_constraint import HardConstraintLayer
 from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
+from lightning_dyn.recipes._mlp import hidden_layers
 from lightning_dyn.recipes.pde._figure import field_figure
 from lightning_dyn.recipes.pde._problems import (
     Problem,
@@ -100,11 +101,7 @@ def relative_l2(u: Tensor, u_ref: Tensor) -> Tensor:
 
 
 def _mlp(n_in: int, width: int, n_out: int, depth: int = 2) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        layers += [nn.Linear(n_in if i == 0 else width, width), nn.Tanh()]
-    layers.append(nn.Linear(width, n_out))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*hidden_layers([n_in, *[width] * depth], nn.Tanh), nn.Linear(width, n_out))
 
 
 def _default_optimizer() -> OptimizerFactory:
