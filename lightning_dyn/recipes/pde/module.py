@@ -42,7 +42,6 @@ Arms (``constraint``):
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -61,6 +60,7 @@ from lightning_dyn.nn.hard_constraint import HardConstraintLayer
 from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
 from lightning_dyn.recipes._mlp import hidden_layers
+from lightning_dyn.recipes._optimizer import recipe_optimizer
 from lightning_dyn.recipes.pde._figure import field_figure
 from lightning_dyn.recipes.pde._problems import (
     Problem,
@@ -104,10 +104,6 @@ def _mlp(n_in: int, width: int, n_out: int, depth: int = 2) -> nn.Sequential:
     return nn.Sequential(*hidden_layers([n_in, *[width] * depth], nn.Tanh), nn.Linear(width, n_out))
 
 
-def _default_optimizer() -> OptimizerFactory:
-    return functools.partial(torch.optim.Adam, lr=1e-3)
-
-
 class PDEModule(pl.LightningModule):
     """Soft, hard or mixture-of-experts hard-constrained basis network for a 1D PDE.
 
@@ -149,7 +145,8 @@ class PDEModule(pl.LightningModule):
         n_x, n_t, t_final, nu: the grid and the PDE (``t_final=None``: the problem's default;
             ``nu``: Burgers only); must match the data module.
         figure: log the ``pde/field`` figure after each validation.
-        optimizer: factory ``params -> Optimizer``; default ``Adam(lr=1e-3)``.
+        optimizer: ``module -> Optimizer`` (:func:`~lightning_dyn.optim.build_optimizer`); default
+            the recipe config's (``configs/recipe/pde.yaml``: ``Adam(lr=1e-3)``).
     """
 
     def __init__(
@@ -231,7 +228,7 @@ class PDEModule(pl.LightningModule):
                 interface_slope_weight=interface_slope_weight,
                 periodic=(False, self.problem.periodic_x),
             )
-        self.optimizer_factory = optimizer or _default_optimizer()
+        self.optimizer_factory = optimizer or recipe_optimizer("pde")
         self.last_solve_seconds = 0.0  # wall time of the latest forward solve, for logging
         self._figure_batch: tuple[Tensor, Tensor] | None = None
         self._last_basis: Tensor | None = None  # the solver's basis rows, for interface_jump
