@@ -4,7 +4,7 @@ The top level holds the plugins a user attaches to a ``Trainer`` (callbacks, the
 modules, metrics, the strategy) and the subpackages; the maths is in
 :mod:`lightning_dyn.functional`, the bundled tasks in :mod:`lightning_dyn.recipes`. Everything
 loads on first use (PEP 562), so ``import lightning_dyn.functional`` pulls in neither Lightning
-nor matplotlib, and the command line answers ``--help`` before torch is imported.
+nor matplotlib.
 """
 
 from __future__ import annotations
@@ -25,41 +25,33 @@ _SUBPACKAGES = (
     "recipes",
     "strategies",
 )
-_PLUGINS = {
-    "callbacks": (
-        "LayerwiseLRMonitor",
-        "NeuralCollapseMonitor",
-        "OutlierPairDetector",
-        "PerpGrad",
-        "SharpnessMonitor",
-        "SoftmaxCollapseMonitor",
-        "ThresholdCrossing",
-    ),
-    "optim": ("LANTON", "param_groups"),
-    "nn": (
-        "HardConstraintLayer",
-        "HardConstraintMoE",
-        "StableMaxCrossEntropyLoss",
-        "StableMaxHead",
-    ),
-    "metrics": ("NC4Mismatches", "NeuralCollapseStatistics"),
-    "strategies": ("ExpertParallelStrategy",),
-}
-# The plugins a user attaches, by subpackage; the rest lives in the subpackages.
-_HOME = {name: package for package, names in _PLUGINS.items() for name in names}
+# Subpackages whose public names are the plugins a user attaches, searched in this order (the
+# light ones first); of optim/ only these two, its other names serve the recipes.
+_PLUGIN_PACKAGES = ("nn", "metrics", "optim", "callbacks", "strategies")
+_OPTIM_PLUGINS = ("LANTON", "param_groups")
 
-__all__ = [*sorted(_HOME), *_SUBPACKAGES, "__version__"]
+
+def _plugins(package: str) -> tuple[str, ...]:
+    if package == "optim":
+        return _OPTIM_PLUGINS
+    return tuple(importlib.import_module(f"{__name__}.{package}").__all__)
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBPACKAGES:
         return importlib.import_module(f"{__name__}.{name}")
-    if name in _HOME:
-        value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
-        globals()[name] = value  # later lookups skip __getattr__
+    if name == "__all__":  # asked by `from lightning_dyn import *`
+        names = sorted(n for package in _PLUGIN_PACKAGES for n in _plugins(package))
+        globals()["__all__"] = value = [*names, *_SUBPACKAGES, "__version__"]
         return value
+    if not name.startswith("__"):
+        for package in _PLUGIN_PACKAGES:
+            if name in _plugins(package):
+                value = getattr(importlib.import_module(f"{__name__}.{package}"), name)
+                globals()[name] = value  # later lookups skip __getattr__
+                return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*globals(), *__getattr__("__all__")})
