@@ -325,9 +325,9 @@ def _c1_systems():
     return a, b, c
 
 
-def test_moe_c1_rows_match_the_joint_dense_system():
-    w, ws = 3.0, 7.0
-    moe = HardConstraintMoE(
+def _two_expert_c1(w: float, ws: float) -> HardConstraintMoE:
+    """Two experts on halves of the quadratics' fit, C1 rows with weights ``w``, ``ws``."""
+    return HardConstraintMoE(
         fit_residual,
         2,
         (2,),
@@ -337,6 +337,11 @@ def test_moe_c1_rows_match_the_joint_dense_system():
         interface_weight=w,
         interface_slope_weight=ws,
     )
+
+
+def test_moe_c1_rows_match_the_joint_dense_system():
+    w, ws = 3.0, 7.0
+    moe = _two_expert_c1(w, ws)
     _, result = moe(QUADRATICS, (TARGET,))
     a, b, c = _c1_systems()
     a = torch.cat([a, torch.tensor([[w], [ws]], dtype=torch.float64) * c])
@@ -353,16 +358,7 @@ def test_moe_c1_rows_include_the_common_offset():
     # is lstsq on [A; w C] ω = [b − c; −w C_c], C_c the traces of c (value, slope).
     w, ws = 3.0, 7.0
     c = torch.exp(3.0 * XS).expand(B, X1)
-    moe = HardConstraintMoE(
-        fit_residual,
-        2,
-        (2,),
-        (X1,),
-        ridge=RIDGE,
-        interface_rows="c1",
-        interface_weight=w,
-        interface_slope_weight=ws,
-    )
+    moe = _two_expert_c1(w, ws)
     u, result = moe(QUADRATICS, (TARGET - c,), offset=c)
     a, b, traces = _c1_systems()
     half = X1 // 2
