@@ -234,6 +234,7 @@ def solve_coupled(
     the field common to all experts, which the C1 rows' traces include."""
     batch, _, n_basis = basis.shape
     experts = len(indices)
+    common = (offset,) if offset is not None and traces else ()  # only trace rows read it
     residual = coupled_residual(
         layer.residual_rows,
         indices,
@@ -243,9 +244,8 @@ def solve_coupled(
         n_basis,
         traces,
         slope_weight,
-        offset=offset is not None and bool(traces),
+        offset=bool(common),
     )
-    common = (offset,) if offset is not None and traces else ()
     res = solve_least_squares(
         residual,
         (basis, *common, *data),
