@@ -188,9 +188,8 @@ def cost(problem: str, repeats: int) -> None:
     print("|---|---|---|---|---|")
     for arm in ("hard", "moe_interface", "moe_c1"):
         torch.manual_seed(0)
-        module = PDEModule(
-            problem, figure=False, expert_parallel=False, **_options(problem, arm, None, None)
-        )
+        options = _options(problem, arm, None, None)
+        module = PDEModule(problem, figure=False, expert_parallel=False, n_x=64, n_t=33, **options)
         points = (module.n_t - 1) * module.n_x
         n = module.hparams.n_basis
         if arm == "hard":

@@ -53,10 +53,10 @@ def plain_seconds_per_step(steps: int, warmup: int) -> float:
     torch.manual_seed(0)
     data = ModularArithmeticDataModule()
     data.setup()
-    module = ModularArithmeticModule()
+    module = ModularArithmeticModule(p=data.p)
     optimizer = module.configure_optimizers()
     train_pairs, train_labels = data.train_set.tensors
-    test_pairs, test_labels = data.test_set.tensors
+    test_pairs, test_labels = data.val_set.tensors
     history = []
     start = 0.0
     for step in range(steps):

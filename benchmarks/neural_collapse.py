@@ -69,7 +69,7 @@ def initial_nc1(module: GaussianMixtureModule, data: GaussianMixtureDataModule) 
 def collapse_run(root: str, random_labels: bool, epochs: int) -> dict[str, list[float]]:
     pl.seed_everything(0, verbose=False)
     data = GaussianMixtureDataModule(random_labels=random_labels)
-    module = GaussianMixtureModule(batch_norm=True)
+    module = GaussianMixtureModule(data.num_classes, data.input_dim, batch_norm=True)
     start = {"epoch": [0.0], "nc/nc1": [initial_nc1(module, data)]}
     logger = CSVLogger(root, name="clean" if not random_labels else "random")
     monitor = NeuralCollapseMonitor(every_n_epochs=10, figure=False)

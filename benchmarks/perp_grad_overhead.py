@@ -44,7 +44,7 @@ def _grokking_problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     data = ModularArithmeticDataModule()
     data.setup()
     pairs, labels = data.train_set.tensors
-    return ModularArithmeticModule().model, pairs, labels
+    return ModularArithmeticModule(p=113).model, pairs, labels
 
 
 def _ten_million_problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

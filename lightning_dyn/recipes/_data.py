@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from typing_extensions import override
 
@@ -81,13 +82,18 @@ class TensorDataModule(pl.LightningDataModule):
     """The loaders of a data module whose ``setup`` fills ``train_set`` and ``val_set``.
 
     Training: :func:`shuffled_shard_loader` with ``batch_size`` (``None``: the whole set, full
-    batch) and ``seed``; validation: the whole validation set as one batch. Subclasses set
+    batch) and ``seed``; validation and test: the validation set in batches of
+    ``eval_batch_size`` (``None``: the whole shard as one batch). Under DDP each rank
+    evaluates its shard *without padding* (Lightning's ``UnrepeatedDistributedSampler``;
+    its default sampler repeats examples to even the shards), so the accuracy and loss of an
+    odd-sized set count each example once and equal the 1-process numbers. Subclasses set
     ``batch_size``, ``seed`` and ``train_set = val_set = None`` in ``__init__``.
     """
 
     train_set: TensorBatchDataset | None
     val_set: TensorBatchDataset | None
     batch_size: int | None
+    eval_batch_size: int | None = None
     seed: int
 
     @override
@@ -99,4 +105,20 @@ class TensorDataModule(pl.LightningDataModule):
     @override
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"
-        return tensor_loader(self.val_set, len(self.val_set))
+        world, rank = world_and_rank(self.trainer)
+        if world == 1:
+            return tensor_loader(self.val_set, self.eval_batch_size or len(self.val_set))
+        if len(self.val_set) < world:
+            raise ValueError(
+                f"{type(self).__name__}: {len(self.val_set)} validation examples cannot give "
+                f"each of the {world} ranks at least one; make the validation set larger."
+            )
+        sampler = UnrepeatedDistributedSampler(
+            self.val_set, num_replicas=world, rank=rank, shuffle=False
+        )
+        batch_size = self.eval_batch_size or len(sampler)
+        return tensor_loader(self.val_set, batch_size, sampler=sampler)
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

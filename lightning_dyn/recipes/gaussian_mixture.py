@@ -100,8 +100,8 @@ class GaussianMixtureModule(ClassifierRecipeModule):
     """The MLP classifier; logs ``train/{loss,acc}`` and ``val/{loss,acc}``.
 
     Args:
-        num_classes: must match the data module.
-        input_dim: must match the data module.
+        num_classes: number of classes; ``None``: the data module's, read in ``setup()``.
+        input_dim: dimension of the inputs; ``None``: the data module's.
         width: hidden width.
         depth: number of hidden layers.
         batch_norm: BatchNorm after each hidden linear layer, as in Papyan et al.'s networks;
@@ -113,21 +113,32 @@ class GaussianMixtureModule(ClassifierRecipeModule):
             Papyan et al.'s optimiser.
     """
 
+    datamodule_settings = ("num_classes", "input_dim")
+
     def __init__(
         self,
-        num_classes: int = 10,
-        input_dim: int = 32,
+        num_classes: int | None = None,
+        input_dim: int | None = None,
         width: int = 128,
         depth: int = 3,
         batch_norm: bool = False,
         loss: ClassificationLoss = "softmax",
         optimizer: OptimizerFactory | None = None,
     ) -> None:
-        super().__init__(num_classes)
+        super().__init__()
         check_bool("batch_norm", batch_norm)
         for name, value in (("width", width), ("depth", depth)):
             check_positive_int(name, value)
+        if num_classes is not None:
+            check_positive_int("num_classes", num_classes, minimum=2)
+        if input_dim is not None:
+            check_positive_int("input_dim", input_dim)
         self.save_hyperparameters(ignore=["optimizer"])
-        self.model = MixtureMLP(input_dim, width, depth, num_classes, batch_norm)
         self.loss_fn = classification_loss(loss)
         self.optimizer_factory = optimizer or recipe_optimizer("gaussian_mixture")
+        self.build_when_known()
+
+    @override
+    def build_model(self) -> nn.Module:
+        hp = self.hparams
+        return MixtureMLP(hp.input_dim, hp.width, hp.depth, hp.num_classes, hp.batch_norm)

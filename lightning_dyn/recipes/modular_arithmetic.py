@@ -9,24 +9,18 @@ corruption follows Doshi et al., "To grok or not to grok" (arXiv 2310.13061).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from lightning_dyn._checks import check_choice, check_fraction, check_positive_int
 from lightning_dyn.functional.losses import ClassificationLoss, classification_loss
-from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
-from lightning_dyn.recipes._classifier import stage_accuracies
-from lightning_dyn.recipes._data import (
-    TensorBatchDataset,
-    shuffled_shard_loader,
-    tensor_loader,
-)
+from lightning_dyn.optim.factory import OptimizerFactory
+from lightning_dyn.recipes._classifier import ClassifierRecipeModule
+from lightning_dyn.recipes._data import TensorBatchDataset, TensorDataModule
 from lightning_dyn.recipes._mlp import hidden_layers
 from lightning_dyn.recipes._optimizer import recipe_optimizer
 
@@ -64,7 +58,7 @@ def modular_arithmetic_table(p: int, op: Operation) -> tuple[torch.Tensor, torch
     return torch.stack([a, b], dim=1), labels
 
 
-class ModularArithmeticDataModule(pl.LightningDataModule):
+class ModularArithmeticDataModule(TensorDataModule):
     """``(a op b) mod p`` split into train and test by a fixed seed.
 
     Args:
@@ -76,7 +70,8 @@ class ModularArithmeticDataModule(pl.LightningDataModule):
             random label, fixed once (ξ of Doshi et al.). Test labels are never corrupted.
         batch_size: ``None`` for full batch (one optimizer step per epoch), else the mini-batch
             size. Under DDP each rank gets its shard of every batch.
-        eval_batch_size: batch size of the test pass.
+        eval_batch_size: batch size of the held-out pass (``val_set``, which the module logs
+            as ``test/...``).
     """
 
     def __init__(
@@ -102,7 +97,7 @@ class ModularArithmeticDataModule(pl.LightningDataModule):
         self.train_fraction, self.label_corruption = train_fraction, label_corruption
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.train_set: TensorBatchDataset | None = None
-        self.test_set: TensorBatchDataset | None = None
+        self.val_set: TensorBatchDataset | None = None
         self.corrupted: torch.Tensor | None = None
 
     @override
@@ -127,22 +122,7 @@ class ModularArithmeticDataModule(pl.LightningDataModule):
         self.corrupted[torch.randperm(n_train, generator=generator)[:n_corrupt]] = True
         train_labels[self.corrupted] = torch.randint(0, self.p, (n_corrupt,), generator=generator)
         self.train_set = TensorBatchDataset(pairs[train_idx], train_labels)
-        self.test_set = TensorBatchDataset(pairs[test_idx], labels[test_idx])
-
-    @override
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        assert self.train_set is not None, "call setup() first"
-        batch_size = self.batch_size or len(self.train_set)
-        return shuffled_shard_loader(self.train_set, batch_size, self.trainer, self.seed)
-
-    @override
-    def val_dataloader(self) -> torch.utils.data.DataLoader:
-        assert self.test_set is not None, "call setup() first"
-        return tensor_loader(self.test_set, self.eval_batch_size)
-
-    @override
-    def test_dataloader(self) -> torch.utils.data.DataLoader:
-        return self.val_dataloader()
+        self.val_set = TensorBatchDataset(pairs[test_idx], labels[test_idx])
 
 
 class ModularMLP(nn.Module):
@@ -182,12 +162,12 @@ class ModularTransformer(nn.Module):
         return self.unembed(self.encoder(h)[:, -1])  # (B, p)
 
 
-class ModularArithmeticModule(pl.LightningModule):
+class ModularArithmeticModule(ClassifierRecipeModule):
     """Classifier for ``(a op b) mod p``; logs ``train/{loss,acc}`` every step, ``test/{loss,acc}``
-    every validation pass.
+    every validation pass (the held-out pairs, as the grokking papers call them).
 
     Args:
-        p: the modulus (number of classes); must match the data module.
+        p: the modulus (number of classes); ``None``: the data module's, read in ``setup()``.
         arch: ``mlp`` or ``transformer``.
         hidden_sizes: MLP hidden widths.
         bias: whether the MLP layers have biases (the reference setup has none).
@@ -200,9 +180,13 @@ class ModularArithmeticModule(pl.LightningModule):
             config's, the reference AdamW (``optimizer/adamw.yaml``).
     """
 
+    datamodule_settings = ("p",)
+    classes_setting = "p"
+    held_out_stage = "test"
+
     def __init__(
         self,
-        p: int = 113,
+        p: int | None = None,
         arch: Architecture = "mlp",
         hidden_sizes: Sequence[int] = (200, 200),
         bias: bool = False,
@@ -212,59 +196,23 @@ class ModularArithmeticModule(pl.LightningModule):
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__()
-        check_positive_int("p", p, minimum=2)
+        if p is not None:
+            check_positive_int("p", p, minimum=2)
         check_choice("arch", arch, ARCHITECTURES)
-        self.loss_fn = classification_loss(loss)
-        # validation_step logs test/acc from the held-out split: "val" here, "test" in test_step.
-        self.accuracy = stage_accuracies(p, ("train", "val", "test"))
-        self.save_hyperparameters(ignore=["optimizer"])
         if arch == "mlp":
             for width in hidden_sizes:
                 check_positive_int("hidden_sizes[i]", width)
-            self.model: nn.Module = ModularMLP(p, hidden_sizes, bias)
-        else:
-            self.model = ModularTransformer(p, d_model, num_heads)
+        self.loss_fn = classification_loss(loss)
+        self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer or recipe_optimizer("grokking")
+        self.build_when_known()
 
     @override
-    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
-        return self.model(pairs)
-
-    def _loss_and_accuracy(
-        self, batch: Any, stage: str
-    ) -> tuple[torch.Tensor, torch.Tensor, MulticlassAccuracy]:
-        """Logits, loss, and the stage's accuracy metric updated with the batch."""
-        pairs, labels = batch
-        logits = self(pairs)
-        loss = self.loss_fn(logits, labels)
-        accuracy = self.accuracy[f"{stage}_acc"]
-        accuracy(logits, labels)
-        return logits, loss, accuracy
-
-    @override
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        _, loss, accuracy = self._loss_and_accuracy(batch, "train")
-        n = len(batch[1])
-        self.log("train/loss", loss, batch_size=n, sync_dist=True, prog_bar=True)
-        self.log("train/acc", accuracy, prog_bar=True)
-        return loss
-
-    @override
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._held_out_step(batch, "val")
-
-    @override
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._held_out_step(batch, "test")
-
-    def _held_out_step(self, batch: Any, stage: str) -> None:
-        _, loss, accuracy = self._loss_and_accuracy(batch, stage)
-        self.log("test/loss", loss, batch_size=len(batch[1]), sync_dist=True)
-        self.log("test/acc", accuracy, prog_bar=True)
-
-    @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.optimizer_factory, self)
+    def build_model(self) -> nn.Module:
+        hp = self.hparams
+        if hp.arch == "mlp":
+            return ModularMLP(hp.p, hp.hidden_sizes, hp.bias)
+        return ModularTransformer(hp.p, hp.d_model, hp.num_heads)
 
 
 __all__ = [

@@ -296,15 +296,25 @@ Architecture = Literal["mlp", "cnn"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 
 
+def _check_input_shape(architecture: str, input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(input_shape)
+    if architecture == "cnn" and (len(shape) != 3 or shape[0] != 1 or shape[1] != shape[2]):
+        raise ValueError(
+            f"architecture='cnn' needs square one-channel images, input_shape (1, side, "
+            f"side); got {shape}: use architecture='mlp' for vectors."
+        )
+    return shape
+
+
 class OpposingSignalsModule(ClassifierRecipeModule):
     """MLP or CNN classifier; logs ``train/{loss,acc}`` and ``val/{loss,acc}``.
 
     Args:
-        num_classes: number of classes; must match the data module.
+        num_classes: number of classes; ``None``: the data module's, read in ``setup()``.
         hidden_sizes: hidden widths (``cnn``: the first is the convolutions' channels, the last
             the hidden linear layer's width).
         architecture: ``mlp`` (any input) or ``cnn`` (``(1, side, side)`` images).
-        input_shape: shape of one input, the data module's ``input_shape``.
+        input_shape: shape of one input; ``None``: the data module's ``input_shape``.
         activation: ``relu`` or ``tanh`` (the edge-of-stability experiment's network).
         loss: a name of :data:`~lightning_dyn.functional.CLASSIFICATION_LOSSES`: ``softmax``,
             ``stablemax`` or ``square`` (``½||logits - onehot||²``, Cohen et al.).
@@ -314,36 +324,40 @@ class OpposingSignalsModule(ClassifierRecipeModule):
             to train stably.
     """
 
+    datamodule_settings = ("num_classes", "input_shape")
+
     def __init__(
         self,
-        num_classes: int = 4,
+        num_classes: int | None = None,
         hidden_sizes: Sequence[int] = (128, 128),
         optimizer: OptimizerFactory | None = None,
         activation: Activation = "relu",
         loss: ClassificationLoss = "softmax",
         architecture: Architecture = "mlp",
-        input_shape: Sequence[int] = (1, SIDE, SIDE),
+        input_shape: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_classes)
+        super().__init__()
         self.loss_fn = classification_loss(loss)
         check_choice("architecture", architecture, ARCHITECTURES)
-        input_shape = tuple(input_shape)
-        if architecture == "cnn" and (
-            len(input_shape) != 3 or input_shape[0] != 1 or input_shape[1] != input_shape[2]
-        ):
-            raise ValueError(
-                f"architecture='cnn' needs square one-channel images, input_shape (1, side, "
-                f"side); got {input_shape}: use architecture='mlp' for vectors."
-            )
+        check_choice("activation", activation, ACTIVATIONS)
         if architecture == "cnn" and not hidden_sizes:
             raise ValueError("architecture='cnn' needs hidden_sizes (channels, ..., width).")
         for width in hidden_sizes:
             check_positive_int("hidden_sizes[i]", width)
+        if num_classes is not None:
+            check_positive_int("num_classes", num_classes, minimum=2)
+        if input_shape is not None:
+            input_shape = _check_input_shape(architecture, input_shape)
         self.save_hyperparameters(ignore=["optimizer"])
-        if architecture == "cnn":
-            channels, width = hidden_sizes[0], hidden_sizes[-1]
-            self.model = ImageCNN(input_shape[1], channels, width, num_classes, activation)
-        else:
-            in_features = math.prod(input_shape)
-            self.model = ImageMLP(in_features, tuple(hidden_sizes), num_classes, activation)
         self.optimizer_factory = optimizer or recipe_optimizer("opposing_signals")
+        self.build_when_known()
+
+    @override
+    def build_model(self) -> nn.Module:
+        hp = self.hparams
+        input_shape = _check_input_shape(hp.architecture, hp.input_shape)
+        if hp.architecture == "cnn":
+            channels, width = hp.hidden_sizes[0], hp.hidden_sizes[-1]
+            return ImageCNN(input_shape[1], channels, width, hp.num_classes, hp.activation)
+        in_features = math.prod(input_shape)
+        return ImageMLP(in_features, tuple(hp.hidden_sizes), hp.num_classes, hp.activation)

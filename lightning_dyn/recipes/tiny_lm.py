@@ -29,6 +29,10 @@ from typing_extensions import override
 from lightning_dyn._checks import check_fraction, check_positive_int
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
 from lightning_dyn.recipes._data import TensorBatchDataset, tensor_loader, world_and_rank
+from lightning_dyn.recipes._datamodule_settings import (
+    datamodule_attributes,
+    resolve_datamodule_settings,
+)
 from lightning_dyn.recipes._optimizer import recipe_optimizer
 
 STDLIB_EXCLUDED_DIRS = frozenset(
@@ -236,8 +240,11 @@ class CharCorpusDataModule(pl.LightningDataModule):
         return tensor_loader(self.val_set, self.batch_size)
 
 
-def _check_sizes(context: int, d_model: int, n_layer: int, n_head: int, dropout: float) -> None:
-    check_positive_int("context", context)
+def _check_sizes(
+    context: int | None, d_model: int, n_layer: int, n_head: int, dropout: float
+) -> None:
+    if context is not None:
+        check_positive_int("context", context)
     check_positive_int("d_model", d_model)
     check_positive_int("n_layer", n_layer)
     check_positive_int("n_head", n_head)
@@ -369,15 +376,15 @@ class TinyLMModule(pl.LightningModule):
     """Next-character prediction with :class:`TinyGPT`; logs ``train/loss`` every step and
     ``val/loss`` and ``val/bpc`` (bits per character, ``loss / ln 2``) every validation pass.
 
-    With ``vocab_size=None``, ``setup`` copies the datamodule's ``vocab_size`` into ``hparams``
-    and ``configure_model`` builds the model (in the strategy's and precision's init context),
-    before ``fit(ckpt_path=...)`` restores weights. Checkpoints so carry the real size, and
-    ``load_from_checkpoint`` builds the model at once. A given ``vocab_size`` must equal the
-    datamodule's.
+    With ``vocab_size=None`` or ``context=None``, ``setup`` copies the datamodule's value into
+    ``hparams`` and ``configure_model`` builds the model (in the strategy's and precision's init
+    context), before ``fit(ckpt_path=...)`` restores weights. Checkpoints so carry the real
+    sizes, and ``load_from_checkpoint`` builds the model at once. A given ``vocab_size`` must
+    equal the datamodule's, a given ``context`` be at least the datamodule's.
 
     Args:
         vocab_size: number of characters, or ``None`` to take it from the datamodule.
-        context: the model's longest sequence; at least the datamodule's ``context``.
+        context: the model's longest sequence, or ``None``: the datamodule's ``context``.
         d_model, n_layer, n_head, dropout, bias, tie_weights: see :class:`TinyGPT`.
         optimizer: ``module -> Optimizer``, e.g. ``functools.partial(LANTON.from_module, ...)``
             for optimizers that group parameters by module type and name; a hydra ``_partial_``
@@ -389,7 +396,7 @@ class TinyLMModule(pl.LightningModule):
     def __init__(
         self,
         vocab_size: int | None = None,
-        context: int = 64,
+        context: int | None = None,
         d_model: int = 64,
         n_layer: int = 2,
         n_head: int = 4,
@@ -401,26 +408,14 @@ class TinyLMModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         _check_sizes(context, d_model, n_layer, n_head, dropout)
-        self.model = TinyGPT(**self.hparams) if vocab_size is not None else None
+        known = vocab_size is not None and context is not None
+        self.model = TinyGPT(**self.hparams) if known else None
         self.optimizer_factory = optimizer or recipe_optimizer("tiny_lm")
 
     @override
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule
-        data_vocab_size = getattr(datamodule, "vocab_size", None)
-        if self.hparams.vocab_size is None:
-            if data_vocab_size is None:
-                raise ValueError(
-                    "vocab_size=None takes the vocabulary size from the datamodule, but the "
-                    f"trainer's datamodule ({type(datamodule).__name__}) has no vocab_size; "
-                    "pass vocab_size or fit with datamodule=CharCorpusDataModule(...)."
-                )
-            self.hparams["vocab_size"] = data_vocab_size
-        elif data_vocab_size not in (None, self.hparams.vocab_size):
-            raise ValueError(
-                f"vocab_size={self.hparams.vocab_size} does not match the datamodule's "
-                f"vocab_size={data_vocab_size}."
-            )
+        known = datamodule_attributes(self, ("vocab_size", "context"))
+        resolve_datamodule_settings(self, known, at_least=("context",))
 
     @override
     def configure_model(self) -> None:

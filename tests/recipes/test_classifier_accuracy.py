@@ -79,11 +79,26 @@ def test_modular_arithmetic_logs_train_and_held_out_accuracy(tmp_path: Path) -> 
     assert [len(y) for _, y in batches.batches] == [20, 20, 20, 12]
     assert _logged(trainer, "train/acc") == pytest.approx(expected, abs=1e-6)
     # The held-out set in batches of 25, 25 and 22: the accuracy of the whole set.
-    held_out = _numpy_accuracy(module, *data.test_set.tensors)
+    held_out = _numpy_accuracy(module, *data.val_set.tensors)
     assert 0 < held_out < 1
     assert _logged(trainer, "test/acc") == pytest.approx([held_out], abs=1e-6)
     (tested,) = trainer.test(module, datamodule=data, verbose=False)
     assert tested["test/acc"] == pytest.approx(held_out, abs=1e-6)
+
+
+def _single_and_ddp(tmp_path: Path, build, steps: int) -> tuple[pl.Trainer, dict, list]:
+    """One process, then 2-process DDP, on what ``build()`` returns: the single trainer, its
+    data module, and rank 0's logged records (after checking that the ranks agree)."""
+    module, data = build()
+    single = quiet_trainer(tmp_path, steps)
+    single.fit(module, datamodule=data)
+    module, ddp_data = build()
+    ddp = quiet_trainer(
+        tmp_path, steps, strategy="ddp_spawn", devices=2, callbacks=[RankReport(tmp_path)]
+    )
+    ddp.fit(module, datamodule=ddp_data)
+    rank0, _ = read_rank_reports(tmp_path)
+    return single, data, rank0["records"]
 
 
 @pytest.mark.ddp
@@ -94,16 +109,28 @@ def test_two_process_ddp_logs_the_one_process_accuracy(tmp_path: Path) -> None:
         pl.seed_everything(1234, verbose=False)
         return ModularArithmeticModule(**TINY_MODULE), ModularArithmeticDataModule(**TINY_DATA)
 
-    module, data = build()
-    single = quiet_trainer(tmp_path, 6)
-    single.fit(module, datamodule=data)
-    module, data = build()
-    ddp = quiet_trainer(
-        tmp_path, 6, strategy="ddp_spawn", devices=2, callbacks=[RankReport(tmp_path)]
-    )
-    ddp.fit(module, datamodule=data)
-    rank0, _ = read_rank_reports(tmp_path)
+    single, _, records = _single_and_ddp(tmp_path, build, 6)
     keys = ("train/acc", "test/acc")
     expected = logged_series(single.logger.records, keys)
     assert len(expected) == 12 and len({v for (_, k), v in expected.items()}) > 2
-    compare_logged(logged_series(rank0["records"], keys), expected, 1e-6, 1e-7, "recipe accuracy")
+    compare_logged(logged_series(records, keys), expected, 1e-6, 1e-7, "recipe accuracy")
+
+
+@pytest.mark.ddp
+def test_two_process_ddp_counts_each_validation_example_once(tmp_path: Path) -> None:
+    # 9 validation examples on 2 ranks: 5 + 4, no padding (Lightning's default sampler would
+    # evaluate one example twice, 10 in all; its sync_dist epoch mean would divide the summed
+    # loss by 4 examples per rank, not 4.5). At lr 0 both runs measure the same weights.
+    def build() -> tuple[pl.LightningModule, pl.LightningDataModule]:
+        pl.seed_everything(7, verbose=False)
+        data = GaussianMixtureDataModule(num_classes=3, input_dim=4, per_class=12, batch_size=None)
+        return GaussianMixtureModule(width=8, depth=1, optimizer=FROZEN), data
+
+    single, data, records = _single_and_ddp(tmp_path, build, 2)
+    assert len(data.val_set) == 9
+    val = _numpy_accuracy(single.lightning_module, *data.val_set.tensors)
+    assert 0 < val < 1, "an accuracy strictly between 0 and 1 makes a repeated example show"
+    assert _logged(single, "val/acc") == pytest.approx([val, val], abs=1e-6)
+    keys = ("val/acc", "val/loss")
+    expected = logged_series(single.logger.records, keys)
+    compare_logged(logged_series(records, keys), expected, 1e-6, 1e-7, "uneven val")

@@ -12,12 +12,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_batch_norm_follows_every_hidden_linear_layer() -> None:
-    plain = GaussianMixtureModule(width=8, depth=3).model.body
-    normed = GaussianMixtureModule(width=8, depth=3, batch_norm=True).model.body
+    plain = GaussianMixtureModule(10, 32, width=8, depth=3).model.body
+    normed = GaussianMixtureModule(10, 32, width=8, depth=3, batch_norm=True).model.body
     assert [type(m) for m in plain] == [nn.Linear, nn.ReLU] * 3
     assert [type(m) for m in normed] == [nn.Linear, nn.BatchNorm1d, nn.ReLU] * 3
     # Eval mode uses the running statistics: one sample gives the same output alone or batched.
-    module = GaussianMixtureModule(width=8, depth=2, batch_norm=True)
+    module = GaussianMixtureModule(10, 32, width=8, depth=2, batch_norm=True)
     module.train()
     module(torch.randn(16, 32))  # moves the running statistics
     module.eval()

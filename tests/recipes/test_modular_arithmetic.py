@@ -48,12 +48,12 @@ def test_bad_arguments_name_the_argument_and_the_choices() -> None:
 def test_reference_split_sizes_and_determinism() -> None:
     dm = ModularArithmeticDataModule()  # p = 113, 40% train, seed 42
     dm.setup()
-    assert (len(dm.train_set), len(dm.test_set)) == (5107, 7662)
+    assert (len(dm.train_set), len(dm.val_set)) == (5107, 7662)
     again = ModularArithmeticDataModule()
     again.setup()
     assert torch.equal(dm.train_set.tensors[0], again.train_set.tensors[0])
     train_pairs = {tuple(r) for r in dm.train_set.tensors[0].tolist()}
-    test_pairs = {tuple(r) for r in dm.test_set.tensors[0].tolist()}
+    test_pairs = {tuple(r) for r in dm.val_set.tensors[0].tolist()}
     assert not train_pairs & test_pairs and len(train_pairs | test_pairs) == 113 * 113
 
 
@@ -67,7 +67,7 @@ def test_label_corruption_replaces_a_fixed_fraction() -> None:
     assert torch.equal(noisy_labels[~noisy.corrupted], true[~noisy.corrupted])
     changed = (noisy_labels != true)[noisy.corrupted].float().mean()
     assert changed > 0.85  # uniform labels hit the true one with probability 1/31
-    assert torch.equal(noisy.test_set.tensors[1], clean.test_set.tensors[1])
+    assert torch.equal(noisy.val_set.tensors[1], clean.val_set.tensors[1])
 
 
 def test_full_batch_is_one_step_per_epoch_and_mini_batch_is_not() -> None:
@@ -81,7 +81,7 @@ def test_full_batch_is_one_step_per_epoch_and_mini_batch_is_not() -> None:
 
 
 def test_mlp_matches_the_reference_architecture() -> None:
-    module = ModularArithmeticModule()
+    module = ModularArithmeticModule(p=113)
     shapes = [tuple(p.shape) for p in module.parameters()]
     assert shapes == [(200, 226), (200, 200), (113, 200)]  # no biases
     with_bias = ModularArithmeticModule(p=7, hidden_sizes=(8,), bias=True)

@@ -13,7 +13,7 @@ from lightning_dyn.recipes.pde import relative_l2
 from lightning_dyn.recipes.pde._problems import make_problem, pde_residual
 
 TINY = {"n_x": 16, "n_t": 9}
-MODEL = {**TINY, "n_basis": 4, "width": 16, "figure": False}
+MODEL = {"problem": "burgers", **TINY, "n_basis": 4, "width": 16, "figure": False}
 BURGERS = make_problem("burgers", None)
 
 
@@ -237,7 +237,7 @@ def test_bad_data_arguments(kwargs: dict, name: str) -> None:
 def test_grid_mismatch_is_reported(data: PDEDataModule) -> None:
     u0, _ = data.train_set.tensors
     with pytest.raises(ValueError, match="n_x"):
-        PDEModule(constraint="soft", n_basis=4, width=8, n_x=32, n_t=9)(u0)
+        PDEModule("burgers", "soft", n_basis=4, width=8, n_x=32, n_t=9)(u0)
 
 
 def test_interface_mask_marks_both_sides_of_inner_edges() -> None:

@@ -248,8 +248,10 @@ def test_bad_arguments_name_the_argument(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"input length 17 exceeds the model's context=16"):
         TinyGPT(10, 16)(torch.zeros(1, 17, dtype=torch.long))
     dm = CharCorpusDataModule(**TINY_DATA)
-    with pytest.raises(ValueError, match=r"vocab_size=5 does not match the datamodule's"):
+    with pytest.raises(ValueError, match=r"vocab_size=5\) does not match the data module's"):
         quiet_trainer(tmp_path, 1).fit(TinyLMModule(vocab_size=5, **TINY_MODULE), datamodule=dm)
     dm.setup()
-    with pytest.raises(ValueError, match=r"vocab_size=None takes the vocabulary size"):
+    with pytest.raises(
+        ValueError, match=r"vocab_size=None\) takes vocab_size from the trainer's data module"
+    ):
         quiet_trainer(tmp_path, 1).fit(TinyLMModule(**TINY_MODULE), dm.train_dataloader())

@@ -57,6 +57,7 @@ class Burgers:
     reference (``solve_burgers``) uses. Initial conditions: random sine modes.
     """
 
+    name = "burgers"
     periodic_x = True
 
     def __init__(self, nu: float = 0.02, t_final: float = 1.0) -> None:
@@ -100,7 +101,9 @@ class DiffusionSorption:
     implicit BDF (``solve_diffusion_sorption``).
     """
 
+    name = "diffusion_sorption"
     periodic_x = False
+    nu = None  # Burgers' viscosity; none here
 
     def __init__(self, t_final: float = 500.0) -> None:
         self.params, self.t_final = dict(DIFFUSION_SORPTION_DEFAULTS), float(t_final)
@@ -139,12 +142,21 @@ class DiffusionSorption:
 
 
 def check_setting(
-    problem: Problem, n_x: int, n_t: int, t_final: float | None, nu: float | None
+    problem: Problem | None,
+    n_x: int | None,
+    n_t: int | None,
+    t_final: float | None,
+    nu: float | None,
 ) -> None:
-    """The checks shared by the data module and the module: problem, grid and PDE arguments."""
-    check_choice("problem", problem, PROBLEMS)
-    check_positive_int("n_x", n_x, minimum=3)
-    check_positive_int("n_t", n_t, minimum=3)
+    """The checks shared by the data module and the module: problem, grid and PDE arguments.
+
+    ``None`` is not checked (the module takes such settings from its data module)."""
+    if problem is not None:
+        check_choice("problem", problem, PROBLEMS)
+    if n_x is not None:
+        check_positive_int("n_x", n_x, minimum=3)
+    if n_t is not None:
+        check_positive_int("n_t", n_t, minimum=3)
     if t_final is not None:
         check_real("t_final", t_final, strictly_positive=True)
     if nu is not None:
@@ -156,6 +168,7 @@ def make_problem(
 ) -> Burgers | DiffusionSorption:
     """The problem object. ``nu`` is Burgers' viscosity (``None``: 0.02) and has no meaning for
     diffusion-sorption; ``t_final=None`` takes the problem's default (``DEFAULT_T_FINAL``)."""
+    check_choice("problem", problem, PROBLEMS)
     t_final = float(DEFAULT_T_FINAL[problem] if t_final is None else t_final)
     if problem == "burgers":
         return Burgers(0.02 if nu is None else nu, t_final)

@@ -59,10 +59,13 @@ from lightning_dyn.loggers import log_figure
 from lightning_dyn.nn.hard_constraint import HardConstraintLayer
 from lightning_dyn.nn.hard_constraint_moe import HardConstraintMoE
 from lightning_dyn.optim.factory import OptimizerFactory, build_optimizer
+from lightning_dyn.recipes._datamodule_settings import resolve_datamodule_settings
 from lightning_dyn.recipes._mlp import hidden_layers
 from lightning_dyn.recipes._optimizer import recipe_optimizer
 from lightning_dyn.recipes.pde._figure import field_figure
 from lightning_dyn.recipes.pde._problems import (
+    Burgers,
+    DiffusionSorption,
     Problem,
     check_setting,
     make_problem,
@@ -123,7 +126,8 @@ class PDEModule(pl.LightningModule):
     validation sample with the expert blocks drawn (W&B image, or a PNG without W&B).
 
     Args:
-        problem: ``"burgers"`` or ``"diffusion_sorption"``; must match the data module.
+        problem: ``"burgers"`` or ``"diffusion_sorption"``; ``None``: the data module's (with
+            its ``t_final`` and ``nu``), read in ``setup()``.
         constraint: ``"soft"``, ``"hard"`` or ``"moe"`` (see the module docstring).
         n_basis: basis functions ``N``.
         width: hidden width of the trunk and branch MLPs (two tanh layers each).
@@ -142,8 +146,12 @@ class PDEModule(pl.LightningModule):
             train with :class:`~lightning_dyn.strategies.ExpertParallelStrategy`.
         lm_iterations: most Levenberg-Marquardt iterations per solve.
         ridge: ridge coefficient of the solves.
-        n_x, n_t, t_final, nu: the grid and the PDE (``t_final=None``: the problem's default;
-            ``nu``: Burgers only); must match the data module.
+        n_x, n_t, t_final, nu: the grid and the PDE (``nu``: Burgers only); ``None``: the data
+            module's arguments (its ``hparams``), read in ``setup()``; ``t_final`` and ``nu``
+            left ``None`` everywhere are the problem's defaults (1 or 500 days; ``nu`` 0.02).
+            Given values must equal the data module's arguments. The network is
+            built once ``problem``, ``n_x`` and ``n_t`` are known: at once, or by
+            ``configure_model()``.
         figure: log the ``pde/field`` figure after each validation.
         optimizer: ``module -> Optimizer`` (:func:`~lightning_dyn.optim.build_optimizer`); default
             the recipe config's (``configs/recipe/pde.yaml``: ``Adam(lr=1e-3)``).
@@ -151,7 +159,7 @@ class PDEModule(pl.LightningModule):
 
     def __init__(
         self,
-        problem: Problem = "burgers",
+        problem: Problem | None = None,
         constraint: Constraint = "hard",
         n_basis: int = 16,
         width: int = 64,
@@ -164,8 +172,8 @@ class PDEModule(pl.LightningModule):
         expert_parallel: bool | Literal["auto"] = "auto",
         lm_iterations: int = 10,
         ridge: float = 1e-4,
-        n_x: int = 64,
-        n_t: int = 33,
+        n_x: int | None = None,
+        n_t: int | None = None,
         t_final: float | None = None,
         nu: float | None = None,
         figure: bool = True,
@@ -184,11 +192,32 @@ class PDEModule(pl.LightningModule):
             raise ValueError(
                 f"partition must be a pair of block counts (time rows, space); got {partition!r}."
             )
+        if constraint == "moe":
+            check_positive_int("experts", experts)
+            if math.prod(parts) != experts:
+                raise ValueError(
+                    f"partition={partition!r} must be a pair of block counts (time, space) whose "
+                    f"product equals experts={experts}."
+                )
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.constraint, self.figure = constraint, figure
+        self.optimizer_factory = optimizer or recipe_optimizer("pde")
+        self.last_solve_seconds = 0.0  # wall time of the latest forward solve, for logging
+        self._figure_batch: tuple[Tensor, Tensor] | None = None
+        self._last_basis: Tensor | None = None  # the solver's basis rows, for interface_jump
+        self.problem: Burgers | DiffusionSorption | None = None
+        self.solver: nn.Module | None = None
+        self._build_when_known()
+
+    def _build_when_known(self) -> None:
+        """The grid buffers, trunk, branch and solver, once problem and grid are known."""
+        hp = self.hparams
+        if self.problem is not None or None in (hp.problem, hp.n_x, hp.n_t):
+            return
+        n_x, n_t, parts = hp.n_x, hp.n_t, tuple(hp.partition)
         # Every arm's face jumps are read at `partition` (the blocks an MoE would have).
         block_faces((n_t - 1, n_x), parts)
-        self.save_hyperparameters(ignore=["optimizer"])
-        self.problem = make_problem(problem, nu, t_final)
-        self.constraint, self.figure = constraint, figure
+        self.problem = make_problem(hp.problem, hp.nu, hp.t_final)
         self.jump_partition = parts
         self.n_x, self.n_t = n_x, n_t
         x, t = self.problem.grid(n_x, n_t)
@@ -197,45 +226,44 @@ class PDEModule(pl.LightningModule):
         self.register_buffer("coords", coords.reshape(-1, coords.shape[-1]), persistent=False)
         factor = self.problem.time_factor(tt.reshape(-1) / self.problem.t_final)
         self.register_buffer("times", factor, persistent=False)
-        self.trunk = _mlp(coords.shape[-1], width, n_basis)
-        self.branch = _mlp(n_x, width, n_basis)
-        self.solver: nn.Module | None = None
-        if constraint == "soft":
-            self.head = nn.Linear(n_basis, n_basis)
-        elif constraint == "hard":
+        self.trunk = _mlp(coords.shape[-1], hp.width, hp.n_basis)
+        self.branch = _mlp(n_x, hp.width, hp.n_basis)
+        if hp.constraint == "soft":
+            self.head = nn.Linear(hp.n_basis, hp.n_basis)
+        elif hp.constraint == "hard":
             self.solver = HardConstraintLayer(
-                self._residual_fn, ridge=ridge, max_iter=lm_iterations, on_failure="ignore"
+                self._residual_fn, ridge=hp.ridge, max_iter=hp.lm_iterations, on_failure="ignore"
             )
         else:
-            check_positive_int("experts", experts)
-            if math.prod(parts) != experts:
-                raise ValueError(
-                    f"partition={partition!r} must be a pair of block counts (time, space) whose "
-                    f"product equals experts={experts}."
-                )
             self.solver = HardConstraintMoE(
                 self._residual_fn,
-                experts=experts,
+                experts=hp.experts,
                 partition=parts,
                 grid_shape=(n_t - 1, n_x),
-                ridge=ridge,
-                overlap=overlap,
-                max_iter=lm_iterations,
+                ridge=hp.ridge,
+                overlap=hp.overlap,
+                max_iter=hp.lm_iterations,
                 on_failure="ignore",
-                expert_parallel=expert_parallel,
-                interface_rows=interface_rows,
-                interface_weight=interface_weight,
-                interface_slope_weight=interface_slope_weight,
+                expert_parallel=hp.expert_parallel,
+                interface_rows=hp.interface_rows,
+                interface_weight=hp.interface_weight,
+                interface_slope_weight=hp.interface_slope_weight,
                 periodic=(False, self.problem.periodic_x),
             )
-        self.optimizer_factory = optimizer or recipe_optimizer("pde")
-        self.last_solve_seconds = 0.0  # wall time of the latest forward solve, for logging
-        self._figure_batch: tuple[Tensor, Tensor] | None = None
-        self._last_basis: Tensor | None = None  # the solver's basis rows, for interface_jump
         self.double()
 
     @override
+    def configure_model(self) -> None:
+        self._build_when_known()
+
+    @override
     def setup(self, stage: str) -> None:
+        # The data module's own arguments (PDEDataModule saves them): Lightning merges them with
+        # the module's when it logs hyperparameters and refuses a key that differs, so a None
+        # t_final (the problem's default) must stay None, not become the resolved 1.0.
+        hparams = getattr(self.trainer.datamodule, "hparams", {})
+        known = {name: hparams.get(name) for name in ("problem", "t_final", "nu", "n_x", "n_t")}
+        resolve_datamodule_settings(self, known, optional=("t_final", "nu"))
         # The module computes in float64 (it calls .double() itself); a "-true" half precision
         # would convert its weights to 16 bits under the float64 data and solves.
         precision = str(self.trainer.precision)
@@ -277,6 +305,11 @@ class PDEModule(pl.LightningModule):
 
         The result is ``None`` for ``soft``, else the ``LeastSquaresResult`` of the solve.
         """
+        if self.problem is None:
+            raise RuntimeError(
+                "PDEModule has no network yet: problem, n_x and n_t come from the data module "
+                "when the Trainer sets the module up; pass them to build it at once."
+            )
         u0 = u0.to(torch.float64)
         if u0.ndim != 2 or u0.shape[1] != self.n_x:
             raise ValueError(
