@@ -336,8 +336,9 @@ REGISTRY += [
 def pde_pair(batch_size: int = 4, **moe: Any) -> tuple[PDEModule, PDEDataModule]:
     """The pde recipe at toy size, K=2 experts in space, full batch (2 per rank under DDP)."""
     grid = {"n_x": 16, "n_t": 9}
+    problem = {"problem": "burgers"}  # given: the network exists before fit (frozen, compiled)
     options = {"constraint": "moe", "experts": 2, "partition": (1, 2), **moe}
-    module = PDEModule(n_basis=4, width=16, figure=False, **grid, **options)
+    module = PDEModule(n_basis=4, width=16, figure=False, **problem, **grid, **options)
     return module, PDEDataModule(**grid, n_train=4, n_val=2, batch_size=batch_size)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from harness import TINY_DATA, quiet_trainer
 
 from lightning_dyn.recipes import (
     CharCorpusDataModule,
@@ -20,7 +21,6 @@ from lightning_dyn.recipes import (
     PDEModule,
     TinyLMModule,
 )
-from tests.harness import TINY_DATA, quiet_trainer
 
 HIDDEN = {"hidden_sizes": (16, 16)}
 
