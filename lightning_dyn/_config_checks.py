@@ -119,4 +119,18 @@ def config_errors(cfg: DictConfig) -> list[str]:
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         where = Path(ckpt_path).resolve()
         errors.append(f"ckpt_path={ckpt_path!r}: no such file ({where}); nothing was set up.")
+    errors += _objective_errors(cfg)
     return errors
+
+
+def _objective_errors(cfg: DictConfig) -> list[str]:
+    """``optimized_metric`` must be a summary line the recipe is known to print."""
+    key = cfg.get("optimized_metric")
+    recipe = cfg.get("recipe") or {}
+    known = list(recipe.get("summary_metrics") or [])
+    if key is None or not known or key in known or key.startswith("first step "):
+        return []  # a recipe that lists no summary metrics may print its own lines
+    return [
+        f"optimized_metric={key!r} is not among recipe.summary_metrics {known} (nor a "
+        f"'first step <metric> > <threshold>' line){_did_you_mean(key, known)}"
+    ]

@@ -7,6 +7,7 @@ name or a mistyped key before torch and Lightning are imported.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -195,6 +196,13 @@ def print_summary(title: str, summary: dict[str, Any]) -> None:
     print("\n".join(["", rule, title, rule, *lines, rule]))
 
 
+@rank_zero_only
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """The summary table as JSON, for ``lightning-dyn report`` and scripts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+
 def _format(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -212,11 +220,33 @@ def close_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def run(cfg: DictConfig) -> None:
-    """The ``lightning-dyn`` job: train, print the summary, close the process group."""
+def objective(cfg: DictConfig, summary: Mapping[str, Any]) -> float | None:
+    """The summary's ``optimized_metric`` as a number, for a sweeper; None when none is set."""
+    key = cfg.get("optimized_metric")
+    if key is None:
+        return None
+    value = summary.get(key)
+    if value == "never":  # a threshold never crossed: the run's length, the worst value
+        return float(summary["steps"]) + 1.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"optimized_metric={key!r}: the summary holds {value!r}, not a number; summary "
+            f"keys: {sorted(summary)}."
+        ) from None
+
+
+def run(cfg: DictConfig) -> float | None:
+    """The ``lightning-dyn`` job: train, print the summary, close the process group.
+
+    Returns the ``optimized_metric`` of the summary (what an Optuna sweep optimises), or None.
+    """
     summary = train(cfg)
     title = f"lightning-dyn: recipe={cfg.recipe.name}"
     if cfg.name != cfg.recipe.name:
         title += f", experiment={cfg.name}"
     print_summary(title, summary)
+    write_summary(Path(cfg.run_dir) / "summary.json", summary)
     close_process_group()
+    return objective(cfg, summary)

@@ -1,11 +1,14 @@
 """``lightning-dyn``: train a bundled recipe from the hydra configs in ``lightning_dyn/configs``.
 
 Run ``lightning-dyn --help`` for the config groups and ``lightning-dyn --cfg job`` to print the
-composed config without training.
+composed config without training; ``lightning-dyn report RUN_DIR`` writes a finished run's
+HTML report.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import itertools
 import os
 import re
@@ -53,23 +56,61 @@ def check_list_overrides(argv: list[str]) -> str | None:
     return None
 
 
+def optuna_missing_error(argv: list[str]) -> str | None:
+    """``hparams_search=`` without the Optuna sweeper installed: how to get it, else None."""
+    if not any(a.startswith("hparams_search=") for a in argv):
+        return None
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
+        return None
+    return (
+        "hparams_search= runs an Optuna study through hydra-optuna-sweeper, which is not "
+        'installed: pip install "lightning-dyn[optuna]" (or pip install hydra-optuna-sweeper).'
+    )
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lightning_dyn.configs", config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     errors = config_errors(cfg)
     if errors:
         sys.exit("lightning-dyn: " + "\n".join(errors))
     from lightning_dyn._run import run  # torch and Lightning, once the config is known good
 
-    run(cfg)
+    return run(cfg)  # the objective of a sweeper (hparams_search), or None
+
+
+def report_main(argv: list[str]) -> None:
+    """``lightning-dyn report RUN_DIR [--out FILE]``: the HTML report of a finished run."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-dyn report",
+        description="One self-contained HTML file of a finished run: config, summary, every "
+        "logged curve, figure and table (from the offline W&B run and/or the CSV metrics).",
+    )
+    parser.add_argument("run_dir", help="the run's directory, e.g. outputs/grokking/<time>")
+    parser.add_argument("--out", help="where to write it (default: RUN_DIR/report.html)")
+    arguments = parser.parse_args(argv)
+    from lightning_dyn._report import write_report  # matplotlib, not torch
+
+    try:
+        path = write_report(arguments.run_dir, arguments.out)
+    except FileNotFoundError as error:
+        sys.exit(f"lightning-dyn report: {error}")
+    print(f"lightning-dyn report: wrote {path}")
 
 
 def main() -> None:
-    """Console entry point: ``lightning-dyn [hydra overrides]``."""
+    """Console entry point: ``lightning-dyn [hydra overrides]`` or ``lightning-dyn report``."""
+    if sys.argv[1:2] == ["report"]:
+        report_main(sys.argv[2:])
+        return
     # As `python -m` does: a user's module in the working directory (my_models.py) can be a
     # `_target_` of a --config-dir recipe when run through the console script too.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    error = check_list_overrides(sys.argv[1:]) or trainer_override_error(sys.argv[1:])
+    error = (
+        check_list_overrides(sys.argv[1:])
+        or trainer_override_error(sys.argv[1:])
+        or optuna_missing_error(sys.argv[1:])
+    )
     if error:
         sys.exit(error)
     _hydra_main()

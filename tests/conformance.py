@@ -40,6 +40,7 @@ from user_models import (
 
 from lightning_dyn.callbacks import (
     LayerwiseLRMonitor,
+    MetricCurves,
     NeuralCollapseMonitor,
     OutlierPairDetector,
     PerpGrad,
@@ -311,6 +312,11 @@ PLUGINS: list[Plugin] = [
         "ThresholdCrossing",
         lambda family: Parts([ThresholdCrossing("train/loss", 100.0, mode="min")]),
         keys=("threshold_crossing/train/loss",),
+        not_applicable={"ddp-uneven": _NO_OWN_DATA},
+    ),
+    Plugin(
+        "MetricCurves",
+        lambda family: Parts([MetricCurves({"loss": ["train/loss", "val/loss"]}, every_n_steps=2)]),
         not_applicable={"ddp-uneven": _NO_OWN_DATA},
     ),
     Plugin(

@@ -124,6 +124,15 @@ REGISTRY: list[Entry] = [
         expect_logged=("threshold_crossing/train/acc",),
         steps=6,
     ),
+    Entry(
+        name="MetricCurves",
+        # Its state is the history of what it draws: a resume must restore the whole run's.
+        # Training metrics only: Lightning does not rerun the validation of the step a
+        # checkpoint was written after (test_metric_curves.py pins what the curve shows there).
+        make_callback=lambda: lightning_dyn.callbacks.MetricCurves(
+            {"accuracy": ["train/acc"], "loss": ["train/loss"]}, every_n_steps=2
+        ),
+    ),
     Entry(name="PerpGrad", make_callback=PerpGrad, expect_logged=("perp_grad/cos_w_g/",)),
     Entry(
         name="PerpGrad",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lightning_dyn._wandb_records import read_offline_run
 
@@ -95,6 +97,7 @@ def _check_fails_without_torch(tmp_path: Path, *args: str) -> str:
         (("trainer.max_steps=abc",), "trainer.max_steps='abc' has type str"),
         (("ckpt_path=missing.ckpt",), "ckpt_path='missing.ckpt': no such file"),
         (("callbacks=[nope]",), "Could not find ['nope'] in 'callbacks'"),
+        (("optimized_metric=test/acx",), "did you mean test/acc"),
     ],
 )
 def test_mistakes_are_answered_before_torch_is_imported(tmp_path, args, expected) -> None:
@@ -136,3 +139,36 @@ def test_the_trainer_argument_table_is_lightnings_signature() -> None:
 
     names = [n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self"]
     assert list(TRAINER_ARGUMENTS) == names
+
+
+def test_the_optuna_example_runs_its_trials_and_reports_the_best(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra")
+    search = tmp_path / "search"
+    short = ["hydra.sweeper.n_trials=3", "trainer.max_steps=6", "logger=csv"]
+    done = _command("hparams_search=grokking_lr", *short, f"hydra.sweep.dir={search}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(p.parent for p in search.glob("*/summary.json"))
+    assert len(jobs) == 3, "one run directory per trial"
+    learning_rates, accuracies = [], []
+    for job in jobs:
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        learning_rates.append(float(re.search(r"recipe.optimizer.lr=([-+.e\d]+)", overrides)[1]))
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["steps"] == 6
+        accuracies.append(summary["test/acc"])
+    assert len(set(learning_rates)) == 3 and all(1e-3 <= lr <= 1e-1 for lr in learning_rates)
+    best = yaml.safe_load((search / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(accuracies))
+    best_lr = best["best_params"]["recipe.optimizer.lr"]
+    assert best_lr == pytest.approx(learning_rates[accuracies.index(max(accuracies))])
+
+
+def test_hparams_search_without_the_sweeper_says_what_to_install(monkeypatch) -> None:
+    import importlib.util
+
+    from lightning_dyn import cli
+
+    assert cli.optuna_missing_error(["recipe=grokking"]) is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    error = cli.optuna_missing_error(["hparams_search=grokking_lr"])
+    assert 'pip install "lightning-dyn[optuna]"' in error

@@ -1,6 +1,7 @@
 """Lightning callbacks: thin adapters that decide when to call ``lightning_dyn.functional``."""
 
 from lightning_dyn.callbacks.layerwise_lr import LayerwiseLRMonitor
+from lightning_dyn.callbacks.metric_curves import MetricCurves
 from lightning_dyn.callbacks.neural_collapse import NeuralCollapseMonitor
 from lightning_dyn.callbacks.outlier_pairs import OutlierPairDetector
 from lightning_dyn.callbacks.perp_grad import PerpGrad
@@ -10,6 +11,7 @@ from lightning_dyn.callbacks.threshold_crossing import ThresholdCrossing
 
 __all__ = [
     "LayerwiseLRMonitor",
+    "MetricCurves",
     "NeuralCollapseMonitor",
     "OutlierPairDetector",
     "PerpGrad",
