@@ -96,7 +96,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
-    """The composed config, resolved and flattened to ``{"recipe.optimizer.lr": 0.01, ...}``."""
+    """The composed config, resolved and flattened to ``{"optimizer.lr": 0.01, ...}``."""
     container = OmegaConf.to_container(cfg, resolve=True)
 
     def walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:

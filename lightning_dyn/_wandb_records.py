@@ -65,7 +65,7 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
     """``{"id", "name", "group", "tags", "config", "history", "summary"}`` of an offline run.
 
     ``path``: the ``run-<id>.wandb`` file or the ``offline-run-*`` folder holding it. The
-    config is flat as logged (``{"recipe.optimizer.lr": 0.01, ...}``); ``history`` is the list
+    config is flat as logged (``{"optimizer.lr": 0.01, ...}``); ``history`` is the list
     of logged rows, each ``{key: value}``.
     """
     path = Path(path)

@@ -34,19 +34,19 @@ def _command(*args: str, cwd: Path, console: bool = False) -> subprocess.Complet
 
 def test_a_sweep_gives_one_wandb_run_per_job_with_its_whole_config(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    lrs = ["recipe.optimizer.lr=0.001,0.01", f"hydra.sweep.dir={sweep}"]
+    lrs = ["optimizer.lr=0.001,0.01", f"hydra.sweep.dir={sweep}"]
     done = _command("-m", *SHORT, "logger=wandb", *lrs, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = [read_offline_run(d) for d in sorted(sweep.glob("*/wandb/offline-run-*"))]
-    assert [r["config"]["recipe.optimizer.lr"] for r in runs] == [0.001, 0.01]
+    assert [r["config"]["optimizer.lr"] for r in runs] == [0.001, 0.01]
     assert len({r["id"] for r in runs}) == 2
-    assert runs[0]["name"] != runs[1]["name"] and "recipe.optimizer.lr=0.01" in runs[1]["name"]
+    assert runs[0]["name"] != runs[1]["name"] and "optimizer.lr=0.01" in runs[1]["name"]
     assert runs[0]["group"] == runs[1]["group"] == f"{tmp_path.name}/sweep"
     for run in runs:  # the whole composed config, not only the module's arguments
         config = run["config"]
         assert config["name"] == "smoke" and config["trainer.max_steps"] == 3
         assert config["recipe.callbacks.perp_grad._target_"] == "lightning_dyn.callbacks.PerpGrad"
-        assert config["recipe.optimizer._target_"] == "torch.optim.AdamW"
+        assert config["optimizer._target_"] == "torch.optim.AdamW"
         steps = [row["trainer/global_step"] for row in run["history"] if "train/loss" in row]
         assert steps == [0, 1, 2], "each run holds its own steps once"
 
@@ -59,7 +59,7 @@ def test_two_loggers_at_once_both_record_the_run(tmp_path: Path) -> None:
     with metrics.open() as f:
         assert sum(1 for row in csv.DictReader(f) if row["train/loss"]) == 3
     (hparams,) = run_dir.glob("csv/version_*/hparams.yaml")
-    assert "recipe.optimizer.lr: 0.01" in hparams.read_text()
+    assert "optimizer.lr: 0.01" in hparams.read_text()
     (wandb_run,) = run_dir.glob("wandb/offline-run-*")
     assert read_offline_run(wandb_run)["name"] == "smoke"
     assert not list(Path.home().glob(".local/share/wandb/artifacts/staging/*" + run_dir.name))
@@ -152,14 +152,14 @@ def test_the_optuna_example_runs_its_trials_and_reports_the_best(tmp_path: Path)
     learning_rates, accuracies = [], []
     for job in jobs:
         overrides = (job / ".hydra" / "overrides.yaml").read_text()
-        learning_rates.append(float(re.search(r"recipe.optimizer.lr=([-+.e\d]+)", overrides)[1]))
+        learning_rates.append(float(re.search(r"optimizer.lr=([-+.e\d]+)", overrides)[1]))
         summary = json.loads((job / "summary.json").read_text())
         assert summary["steps"] == 6
         accuracies.append(summary["test/acc"])
     assert len(set(learning_rates)) == 3 and all(1e-3 <= lr <= 1e-1 for lr in learning_rates)
     best = yaml.safe_load((search / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(accuracies))
-    best_lr = best["best_params"]["recipe.optimizer.lr"]
+    best_lr = best["best_params"]["optimizer.lr"]
     assert best_lr == pytest.approx(learning_rates[accuracies.index(max(accuracies))])
 
 
@@ -172,3 +172,22 @@ def test_hparams_search_without_the_sweeper_says_what_to_install(monkeypatch) ->
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     error = cli.optuna_missing_error(["hparams_search=grokking_lr"])
     assert 'pip install "lightning-dyn[optuna]"' in error
+
+
+@pytest.mark.parametrize(
+    "recipe", ["grokking", "tiny_lm", "gaussian_mixture", "opposing_signals", "pde"]
+)
+def test_optimizer_keys_tune_every_recipes_own_optimizer(recipe: str) -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.utils import get_class
+
+    from lightning_dyn.recipes._optimizer import recipe_optimizer
+
+    with initialize_config_module("lightning_dyn.configs", version_base="1.3"):
+        tuned = compose("train", [f"recipe={recipe}", "optimizer.lr=0.123"])
+        replaced = compose("train", [f"recipe={recipe}", "optimizer=sgd", "optimizer.lr=0.5"])
+    # The CLI's default is the one the module uses when built in Python with optimizer=None.
+    default = recipe_optimizer(recipe)
+    assert get_class(tuned.optimizer._target_) is default.func
+    assert tuned.optimizer.lr == 0.123 and default.keywords["lr"] != 0.123
+    assert replaced.optimizer._target_ == "torch.optim.SGD" and replaced.optimizer.lr == 0.5

@@ -138,7 +138,7 @@ def test_the_main_jobs_report_shows_its_accuracy_curve_in_chromium(tmp_path: Pat
     assert record.sources[0].startswith("W&B run")
     steps_logged, accuracy = record.curves["test/acc"]
     assert steps_logged[0] == 0 and steps_logged[-1] >= 39 and len(accuracy) >= 40
-    assert record.config["recipe.optimizer.lr"] == 0.01 and record.summary["steps"] == 40
+    assert record.config["optimizer.lr"] == 0.01 and record.summary["steps"] == 40
     # The recipe's MetricCurves figure is a W&B image: a figure, not curves of its width.
     assert len(record.images["curves"]) == 1 and not any("curves" in k for k in record.curves)
 
