@@ -120,6 +120,32 @@ def config_errors(cfg: DictConfig) -> list[str]:
         where = Path(ckpt_path).resolve()
         errors.append(f"ckpt_path={ckpt_path!r}: no such file ({where}); nothing was set up.")
     errors += _objective_errors(cfg)
+    errors += _task_errors(cfg)
+    return errors
+
+
+def _task_errors(cfg: DictConfig) -> list[str]:
+    """``task`` is one of fit / validate / test; evaluating needs a checkpoint; a schedule needs
+    a length."""
+    errors = []
+    task, tasks = cfg.get("task", "fit"), ["fit", "validate", "test"]
+    if task not in tasks:
+        hint = _did_you_mean(str(task), tasks)
+        errors.append(f"task={task!r}: must be fit, validate or test{hint}")
+    elif task != "fit" and cfg.get("ckpt_path") is None:
+        errors.append(
+            f"task={task} evaluates a checkpoint: give ckpt_path=<run dir>/checkpoints/last.ckpt "
+            "(lightning-dyn eval ckpt_path=...)."
+        )
+    scheduler = cfg.get("lr_scheduler")
+    if scheduler is not None and "total_steps" in scheduler:
+        total = scheduler.total_steps
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            errors.append(
+                f"lr_scheduler.total_steps={total!r}: the schedule decays over a fixed number of "
+                "optimizer steps; set trainer.max_steps (it follows it) or "
+                "lr_scheduler.total_steps."
+            )
     return errors
 
 

@@ -129,11 +129,55 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
     return instantiate(module_cfg, optimizer=optimizer, _convert_="all")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Build everything from ``cfg``, fit, and return the summary shown at the end."""
+def with_lr_scheduler(module: pl.LightningModule, make_scheduler: Any) -> None:
+    """Make ``module.configure_optimizers`` return its optimizer with ``make_scheduler(it)``,
+    stepped by Lightning after every optimizer step (checkpointed and resumed with it).
+
+    Any module whose ``configure_optimizers`` returns one optimizer (or ``{"optimizer": ...}``)
+    takes the ``lr_scheduler`` group this way, the recipes' and a user's alike.
+    """
+    name = type(module).__name__
+    if not module.automatic_optimization:
+        raise ValueError(
+            f"lr_scheduler=... is stepped by Lightning's automatic optimisation, and {name} "
+            "optimises manually (automatic_optimization=False): step a scheduler in its "
+            "training_step, or leave lr_scheduler=null."
+        )
+    configure = module.configure_optimizers
+
+    def configure_optimizers() -> dict[str, Any]:
+        configured = configure()
+        optimizer = configured
+        if isinstance(configured, Mapping) and "lr_scheduler" not in configured:
+            optimizer = configured.get("optimizer")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(
+                f"lr_scheduler=... schedules one optimizer, but {name}.configure_optimizers "
+                f"returned {type(configured).__name__}: return one optimizer, or leave "
+                "lr_scheduler=null and configure the schedule in the module."
+            )
+        scheduler = make_scheduler(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+        }
+
+    module.configure_optimizers = configure_optimizers
+
+
+def build_parts(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
+    """The recipe's data module and module, the ``lr_scheduler`` choice attached."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.recipe.datamodule, _convert_="all")
     module = build_module(cfg)
+    if cfg.get("lr_scheduler"):
+        with_lr_scheduler(module, instantiate(cfg.lr_scheduler, _convert_="all"))
+    return datamodule, module
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Build everything from ``cfg``, fit, and return the summary shown at the end."""
+    datamodule, module = build_parts(cfg)
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg)
     enable_checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
@@ -153,6 +197,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return summarize(cfg, trainer, wall_time)
     finally:
         finish_wandb(trainer)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """``lightning-dyn eval``: validate (or, ``task=test``, test) ``cfg.ckpt_path``'s weights
+    on the recipe's data, with its loggers; the recipe's training callbacks are left out."""
+    datamodule, module = build_parts(cfg)
+    loggers = build_loggers(cfg)
+    callbacks = []
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar(refresh_rate=cfg.get("progress_refresh_rate", 10)))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False
+    )
+    checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    try:
+        start = time.perf_counter()
+        stage = trainer.validate if cfg.task == "validate" else trainer.test
+        (results, *_) = stage(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        wall_time = time.perf_counter() - start
+    finally:
+        finish_wandb(trainer)
+    summary: dict[str, Any] = {
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "checkpoint step": checkpoint.get("global_step"),
+        **{key: float(value) for key, value in sorted(results.items())},
+        "wall time": f"{wall_time:.1f} s",
+        "run dir": str(Path(cfg.run_dir).resolve()),
+    }
+    return summary
 
 
 def finish_wandb(trainer: pl.Trainer) -> None:
@@ -242,8 +315,10 @@ def run(cfg: DictConfig) -> float | None:
 
     Returns the ``optimized_metric`` of the summary (what an Optuna sweep optimises), or None.
     """
-    summary = train(cfg)
+    summary = train(cfg) if cfg.get("task", "fit") == "fit" else evaluate(cfg)
     title = f"lightning-dyn: recipe={cfg.recipe.name}"
+    if cfg.get("task", "fit") != "fit":
+        title = f"lightning-dyn eval ({cfg.task}): recipe={cfg.recipe.name}"
     if cfg.name != cfg.recipe.name:
         title += f", experiment={cfg.name}"
     print_summary(title, summary)

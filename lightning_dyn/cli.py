@@ -97,11 +97,36 @@ def report_main(argv: list[str]) -> None:
     print(f"lightning-dyn report: wrote {path}")
 
 
+def eval_arguments(argv: list[str]) -> list[str]:
+    """The hydra arguments of ``lightning-dyn eval [task=test] ckpt_path=P [overrides]``.
+
+    ``task=validate`` unless a task is given. A checkpoint inside a run directory
+    (``<run>/checkpoints/last.ckpt``) is evaluated with that run's own composed config
+    (``<run>/.hydra/config.yaml``), unless ``--config-dir``/``--config-path`` choose one.
+    """
+    arguments = list(argv)
+    if not any(a.lstrip("+").startswith("task=") for a in arguments):
+        arguments.append("++task=validate")
+    given = [a.split("=", 1)[1] for a in arguments if a.startswith("ckpt_path=")]
+    chosen = any(a.startswith(("--config-dir", "-cd", "--config-path", "-cp")) for a in arguments)
+    if given and not chosen:
+        run_config = Path(given[-1]).resolve().parent.parent / ".hydra" / "config.yaml"
+        if run_config.is_file():
+            arguments += [f"--config-path={run_config.parent}", "--config-name=config"]
+            if not any(a.startswith("hydra.run.dir=") for a in arguments):
+                run_dir = run_config.parent.parent
+                arguments.append(f"hydra.run.dir={run_dir}/eval/${{now:%Y-%m-%d_%H-%M-%S}}")
+    return arguments
+
+
 def main() -> None:
-    """Console entry point: ``lightning-dyn [hydra overrides]`` or ``lightning-dyn report``."""
+    """Console entry point: ``lightning-dyn [hydra overrides]``, ``lightning-dyn eval
+    ckpt_path=...`` or ``lightning-dyn report RUN_DIR``."""
     if sys.argv[1:2] == ["report"]:
         report_main(sys.argv[2:])
         return
+    if sys.argv[1:2] == ["eval"]:
+        sys.argv = [sys.argv[0], *eval_arguments(sys.argv[2:])]
     # As `python -m` does: a user's module in the working directory (my_models.py) can be a
     # `_target_` of a --config-dir recipe when run through the console script too.
     if os.getcwd() not in sys.path:
