@@ -146,6 +146,11 @@ def _task_errors(cfg: DictConfig) -> list[str]:
                 "optimizer steps; set trainer.max_steps (it follows it) or "
                 "lr_scheduler.total_steps."
             )
+        elif scheduler.get("warmup_steps", 0) >= total:
+            errors.append(
+                f"lr_scheduler.warmup_steps={scheduler.warmup_steps} must be below its "
+                f"total_steps={total} (trainer.max_steps): lower it, or run longer."
+            )
     return errors
 
 

@@ -1,8 +1,8 @@
 """``lightning-dyn``: train a bundled recipe from the hydra configs in ``lightning_dyn/configs``.
 
 Run ``lightning-dyn --help`` for the config groups and ``lightning-dyn --cfg job`` to print the
-composed config without training; ``lightning-dyn report RUN_DIR`` writes a finished run's
-HTML report.
+composed config without training; ``lightning-dyn eval ckpt_path=...`` validates a checkpoint
+and ``lightning-dyn report RUN_DIR`` writes a finished run's HTML report.
 """
 
 from __future__ import annotations

@@ -50,6 +50,8 @@ def test_a_warmup_cosine_schedule_sets_every_steps_learning_rate(tmp_path: Path)
 def test_a_schedule_without_a_length_is_refused_before_torch(tmp_path: Path) -> None:
     error = _check_fails_without_torch(tmp_path, "lr_scheduler=cosine", "trainer.max_steps=-1")
     assert "lr_scheduler.total_steps=-1" in error and "set trainer.max_steps" in error
+    error = _check_fails_without_torch(tmp_path, "lr_scheduler=warmup_cosine", "debug=profiler")
+    assert "lr_scheduler.warmup_steps=100 must be below its total_steps=50" in error
 
 
 @pytest.mark.parametrize("debug", ["fast_dev_run", "overfit", "profiler"])
