@@ -10,7 +10,7 @@ import inspect
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_dyn._progress import StepProgressBar
+from lightning_dyn._run_records import flatten
 from lightning_dyn.callbacks import ThresholdCrossing
 from lightning_dyn.loggers import wandb_logger
 
@@ -97,16 +98,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
     """The composed config, resolved and flattened to ``{"optimizer.lr": 0.01, ...}``."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-
-    def walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-        if isinstance(node, Mapping) and node:
-            for key, value in node.items():
-                yield from walk(value, f"{prefix}{key}.")
-        else:
-            yield prefix[:-1], node
-
-    return dict(walk(container, ""))
+    return flatten(OmegaConf.to_container(cfg, resolve=True))
 
 
 def build_module(cfg: DictConfig) -> pl.LightningModule:

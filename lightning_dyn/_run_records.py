@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,24 +121,25 @@ def _read_csv(record: RunRecord, metrics: Path) -> None:
             record.tables.append((str(table.relative_to(media)), rows[0], rows[1:]))
 
 
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"optimizer.lr": 0.01, ...}``: dotted keys, leaves as values (an
+    empty mapping is a leaf). How a run's config is logged and read back."""
+    if not isinstance(node, Mapping) or not node:
+        return {prefix[:-1]: node} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}{key}."))
+    return flat
+
+
 def _read_hydra_config(run_dir: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         return {}
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = node
-
     # Unresolved: ${hydra:...} interpolations cannot be resolved outside the run.
-    walk(OmegaConf.to_container(OmegaConf.load(path), resolve=False), "")
-    return flat
+    return flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
 
 
 def read_run_dir(run_dir: str | Path) -> RunRecord:
