@@ -50,9 +50,14 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
                 every_n_train_steps=cfg.checkpoint_every_n_steps,
             )
         )
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(StepProgressBar(refresh_rate=cfg.get("progress_refresh_rate", 10)))
-    return callbacks
+    return callbacks + progress_bar(cfg)
+
+
+def progress_bar(cfg: DictConfig) -> list[pl.Callback]:
+    """The step progress bar, unless ``trainer.enable_progress_bar=false``."""
+    if not cfg.trainer.get("enable_progress_bar", True):
+        return []
+    return [StepProgressBar(refresh_rate=cfg.get("progress_refresh_rate", 10))]
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -195,12 +200,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """``lightning-dyn eval``: validate (or, ``task=test``, test) ``cfg.ckpt_path``'s weights
     on the recipe's data, with its loggers; the recipe's training callbacks are left out."""
     datamodule, module = build_parts(cfg)
-    loggers = build_loggers(cfg)
-    callbacks = []
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(StepProgressBar(refresh_rate=cfg.get("progress_refresh_rate", 10)))
+    loggers = build_loggers(cfg) or False
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False
+        cfg.trainer, callbacks=progress_bar(cfg), logger=loggers, enable_checkpointing=False
     )
     checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", mmap=True, weights_only=False)
     try:
@@ -307,10 +309,10 @@ def run(cfg: DictConfig) -> float | None:
 
     Returns the ``optimized_metric`` of the summary (what an Optuna sweep optimises), or None.
     """
-    summary = train(cfg) if cfg.get("task", "fit") == "fit" else evaluate(cfg)
-    title = f"lightning-dyn: recipe={cfg.recipe.name}"
-    if cfg.get("task", "fit") != "fit":
-        title = f"lightning-dyn eval ({cfg.task}): recipe={cfg.recipe.name}"
+    task = cfg.get("task", "fit")
+    summary = train(cfg) if task == "fit" else evaluate(cfg)
+    command = "lightning-dyn" if task == "fit" else f"lightning-dyn eval ({task})"
+    title = f"{command}: recipe={cfg.recipe.name}"
     if cfg.name != cfg.recipe.name:
         title += f", experiment={cfg.name}"
     print_summary(title, summary)
